@@ -1,0 +1,194 @@
+"""Compiling a validated document into one evaluator per flag and environment.
+
+An *evaluator* is ``(visitor_code, attributes, now) -> Decision``. Everything that does not
+depend on the visitor is done here, once: conditions become closures, splits become range
+tables, every possible ``Decision`` is built ahead, and a flag whose answer cannot depend on
+the visitor becomes a constant (reason STATIC), answered without calling anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from rules.bucketing import BUCKETS, SEPARATOR, SplitTable, bucket_prefixed
+from rules.conditions import Condition, Predicate, attribute_getter, compile_condition
+from rules.decision import Decision, Reason
+from rules.model import Document, Flag, Rule
+
+__all__ = ["CompiledEnvironment", "Evaluator", "compile_document"]
+
+Attributes = Mapping[str, Any]
+Evaluator = Callable[[str, Attributes, "float | None"], Decision]
+RuleStep = Callable[[str, Attributes, "float | None"], "Decision | None"]
+UnitOf = Callable[[str, Attributes], "str | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledEnvironment:
+    """Everything needed to decide every flag in one environment."""
+
+    name: str
+    evaluators: Mapping[str, Evaluator]
+    #: Decisions of flags that answer every visitor the same, ready to copy.
+    constants: Mapping[str, Decision]
+    #: (key, evaluator) of every flag whose answer depends on the visitor.
+    dynamic: tuple[tuple[str, Evaluator], ...]
+
+
+def compile_document(document: Document) -> dict[str, CompiledEnvironment]:
+    """Compile every flag of ``document`` for each of its environments."""
+    return {env: _compile_environment(document, env) for env in document.environments}
+
+
+def _compile_environment(document: Document, env: str) -> CompiledEnvironment:
+    evaluators: dict[str, Evaluator] = {}
+    constants: dict[str, Decision] = {}
+    segments: dict[str, Predicate] = {}
+
+    def segment(name: str) -> Predicate:
+        if name not in segments:  # segments are acyclic (checked), so this recursion ends
+            segments[name] = compile_in_env(document.segments[name])
+        return segments[name]
+
+    def prerequisite(key: str) -> Callable[[str, Attributes, float | None], str]:
+        evaluate = evaluators[key]  # flags come prerequisites first, so it is compiled
+        return lambda unit, attrs, now: evaluate(unit, attrs, now).variation
+
+    def compile_in_env(condition: Condition) -> Predicate:
+        return compile_condition(condition, segment, prerequisite)
+
+    for key, flag in document.flags.items():  # in prerequisite order
+        evaluate, constant = _compile_flag(flag, env, compile_in_env)
+        evaluators[key] = evaluate
+        if constant is not None:
+            constants[key] = constant
+    dynamic = tuple((key, ev) for key, ev in evaluators.items() if key not in constants)
+    return CompiledEnvironment(env, evaluators, constants, dynamic)
+
+
+class _Decisions:
+    """Builds each flag's decisions once, sharing the merged variables of each variation."""
+
+    def __init__(self, flag: Flag) -> None:
+        self.flag = flag
+        defaults = {key: variable.default for key, variable in flag.variables.items()}
+        self.variables = {
+            key: MappingProxyType({**defaults, **variation.overrides})
+            for key, variation in flag.variations.items()
+        }
+
+    def make(self, variation_key: str, rule: Rule | None, reason: Reason) -> Decision:
+        variation = self.flag.variations[variation_key]
+        active = variation_key != "off"
+        return Decision(
+            flag=self.flag.key,
+            variation=variation_key,
+            active=active,
+            value=variation.value if variation.has_value else active,
+            variables=self.variables[variation_key],
+            rule=rule.key if rule else None,
+            rule_type=rule.type if rule else None,
+            experiment_id=rule.id if rule else None,
+            variation_id=variation.id,
+            reason=reason,
+            flag_id=self.flag.id,
+        )
+
+
+def _compile_flag(
+    flag: Flag, env: str, compile_in_env: Callable[[Condition], Predicate]
+) -> tuple[Evaluator, Decision | None]:
+    """The flag's evaluator in ``env``, and its constant decision if it has one."""
+    decisions = _Decisions(flag)
+    if not flag.enabled[env]:
+        return _constant(decisions.make(flag.default, None, Reason.DISABLED))
+    rules = [rule for rule in flag.rules[env] if rule.exposure > 0]  # 0 % never applies
+    if not rules:
+        return _constant(decisions.make(flag.default, None, Reason.STATIC))
+    first = rules[0]
+    if _applies_to_everyone(first) and (first.variation or len(_shares(first)) == 1):
+        variation = first.variation or _shares(first)[0][0]
+        return _constant(decisions.make(variation, first, Reason.STATIC))
+    steps = tuple(_compile_rule(rule, decisions, compile_in_env) for rule in rules)
+    default = decisions.make(flag.default, None, Reason.DEFAULT)
+    if len(steps) == 1:
+        only = steps[0]
+        return (lambda unit, attrs, now: only(unit, attrs, now) or default), None
+
+    def evaluate(unit: str, attrs: Attributes, now: float | None) -> Decision:
+        for step in steps:
+            decision = step(unit, attrs, now)
+            if decision is not None:
+                return decision
+        return default
+
+    return evaluate, None
+
+
+def _constant(decision: Decision) -> tuple[Evaluator, Decision]:
+    return (lambda unit, attrs, now: decision), decision
+
+
+def _applies_to_everyone(rule: Rule) -> bool:
+    return rule.condition is None and rule.bucket_by is None and rule.exposure == BUCKETS
+
+
+def _shares(rule: Rule) -> list[tuple[str, int]]:
+    return [(variation, buckets) for variation, buckets in rule.split if buckets > 0]
+
+
+def _compile_rule(
+    rule: Rule, decisions: _Decisions, compile_in_env: Callable[[Condition], Predicate]
+) -> RuleStep:
+    """One rule as a step that returns its decision when it applies, else None."""
+    condition = compile_in_env(rule.condition) if rule.condition is not None else None
+    unit_of = _unit_getter(rule.bucket_by)
+    exposure = rule.exposure if rule.exposure < BUCKETS else None
+    exposure_prefix = rule.exposure_salt + SEPARATOR
+    if rule.variation is not None:
+        reason = Reason.TARGETING_MATCH if exposure is None else Reason.SPLIT
+        fixed: Decision | None = decisions.make(rule.variation, rule, reason)
+        table = None
+    else:
+        shares = _shares(rule)
+        fixed = decisions.make(shares[0][0], rule, Reason.SPLIT) if len(shares) == 1 else None
+        table = SplitTable([(decisions.make(v, rule, Reason.SPLIT), b) for v, b in shares])
+    split_prefix = rule.split_salt + SEPARATOR
+
+    def step(visitor: str, attrs: Attributes, now: float | None) -> Decision | None:
+        if condition is not None and not condition(visitor, attrs, now):
+            return None
+        unit = visitor if unit_of is None else unit_of(visitor, attrs)
+        if unit is None:
+            return None
+        if exposure is not None and bucket_prefixed(exposure_prefix, unit) >= exposure:
+            return None
+        if fixed is not None:
+            return fixed
+        return table.pick(bucket_prefixed(split_prefix, unit))  # type: ignore[union-attr]
+
+    return step
+
+
+def _unit_getter(attribute: str | None) -> UnitOf | None:
+    """How to read a rule's bucketing unit from the attributes; None means the visitor code.
+
+    A string of 1 to 255 characters or an integer is a unit; anything else means the rule
+    does not apply to this visitor.
+    """
+    if attribute is None:
+        return None
+    lookup = attribute_getter(attribute)
+
+    def unit_of(visitor: str, attrs: Attributes) -> str | None:
+        value = lookup(attrs)
+        if isinstance(value, str):
+            return value if 0 < len(value) <= 255 else None
+        if type(value) is int:
+            return str(value)
+        return None
+
+    return unit_of

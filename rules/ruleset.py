@@ -1,0 +1,228 @@
+"""``rules.load`` and the compiled, immutable ``Ruleset`` it returns."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from time import time
+from types import MappingProxyType
+from typing import Any
+
+from xxhash import xxh3_128_hexdigest
+
+from rules.compiler import CompiledEnvironment, compile_document
+from rules.conditions import Leaf, walk
+from rules.decision import Decision
+from rules.document import parse_document
+from rules.errors import (
+    MAX_VISITOR_CODE_LENGTH,
+    FlagNotFound,
+    InvalidContext,
+    InvalidRuleset,
+    InvalidVisitorCode,
+    Problem,
+    UnknownEnvironment,
+    VariableNotFound,
+)
+from rules.model import Document, Event, Flag
+
+__all__ = ["Ruleset", "load"]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+Now = float | datetime | None
+
+
+def load(data: bytes | str | Mapping[str, Any]) -> Ruleset:
+    """Validate and compile a rules document given as JSON bytes, JSON text or decoded data.
+
+    Raises ``InvalidRuleset`` listing every problem when the document is not valid.
+    """
+    decoded = _decode(data) if isinstance(data, (bytes, bytearray, str)) else data
+    try:
+        document = parse_document(decoded)
+    except RecursionError:
+        raise InvalidRuleset([Problem("", "the document nests too deeply")]) from None
+    return Ruleset(document, document.revision or _content_revision(decoded))
+
+
+def _decode(data: bytes | bytearray | str) -> object:
+    duplicates: list[str] = []
+
+    def build_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        built: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in built:
+                duplicates.append(key)
+            built[key] = value
+        return built
+
+    def refuse_constant(name: str) -> None:
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        decoded = json.loads(data, object_pairs_hook=build_object, parse_constant=refuse_constant)
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno} column {error.colno}"
+        raise InvalidRuleset([Problem("", f"not valid JSON: {error.msg} ({where})")]) from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidRuleset([Problem("", f"not valid JSON: {error}")]) from None
+    except RecursionError:
+        raise InvalidRuleset([Problem("", "the document nests too deeply")]) from None
+    if duplicates:
+        keys = ", ".join(sorted(set(map(repr, duplicates))))
+        raise InvalidRuleset([Problem("", f"duplicate keys in one object: {keys}")])
+    return decoded
+
+
+def _content_revision(decoded: object) -> str:
+    """A revision for a document that names none: a hash of its canonical JSON."""
+    canonical = json.dumps(decoded, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha-" + xxh3_128_hexdigest(canonical.encode("utf-8", "surrogatepass"))[:16]
+
+
+class Ruleset:
+    """Compiled flag rules: ask it for decisions. Immutable, and safe to share across threads."""
+
+    __slots__ = (
+        "_by_name",
+        "_default",
+        "_document",
+        "_needs_clock",
+        "environments",
+        "events",
+        "flag_keys",
+        "revision",
+    )
+
+    def __init__(self, document: Document, revision: str) -> None:
+        self._document = document
+        self.revision = revision
+        self.environments: tuple[str, ...] = document.environments
+        self.flag_keys: tuple[str, ...] = tuple(sorted(document.flags))
+        self.events: Mapping[str, Event] = MappingProxyType(dict(document.events))
+        compiled = compile_document(document)
+        self._default = compiled[document.environments[0]]
+        self._by_name: dict[str | None, CompiledEnvironment] = {None: self._default}
+        self._by_name.update(compiled)
+        self._needs_clock = _uses_clock(document)
+
+    def __repr__(self) -> str:
+        return f"<Ruleset revision={self.revision!r} flags={len(self.flag_keys)}>"
+
+    # -- decisions ------------------------------------------------------------------------
+
+    def decide(
+        self,
+        flag_key: str,
+        visitor_code: str,
+        context: Mapping[str, Any] | None = None,
+        environment: str | None = None,
+        now: Now = None,
+    ) -> Decision:
+        """The visitor's decision for one flag.
+
+        Raises ``FlagNotFound``, ``InvalidVisitorCode``, ``InvalidContext`` or
+        ``UnknownEnvironment``; a flag disabled in the environment is not an error.
+        """
+        env = self._environment(environment)
+        try:
+            evaluate = env.evaluators[flag_key]
+        except (KeyError, TypeError):
+            raise FlagNotFound(flag_key) from None
+        attrs, moment = self._check(visitor_code, context, now)
+        return evaluate(visitor_code, attrs, moment)
+
+    def decide_all(
+        self,
+        visitor_code: str,
+        context: Mapping[str, Any] | None = None,
+        environment: str | None = None,
+        now: Now = None,
+    ) -> dict[str, Decision]:
+        """The visitor's decisions for every flag, keyed by flag key, all at one instant."""
+        env = self._environment(environment)
+        attrs, moment = self._check(visitor_code, context, now)
+        decisions = dict(env.constants)
+        for key, evaluate in env.dynamic:
+            decisions[key] = evaluate(visitor_code, attrs, moment)
+        return decisions
+
+    def variable(
+        self,
+        flag_key: str,
+        variable_key: str,
+        visitor_code: str,
+        context: Mapping[str, Any] | None = None,
+        environment: str | None = None,
+        now: Now = None,
+    ) -> Any:
+        """The value of one variable in the visitor's variation of a flag."""
+        flag = self._flag(flag_key)
+        if not isinstance(variable_key, str) or variable_key not in flag.variables:
+            raise VariableNotFound(flag_key, variable_key)
+        decision = self.decide(flag_key, visitor_code, context, environment, now)
+        return decision.variables[variable_key]
+
+    def variations(self, flag_key: str) -> dict[str, dict[str, Any]]:
+        """Every variation of a flag with its full set of variable values."""
+        flag = self._flag(flag_key)
+        defaults = {key: variable.default for key, variable in flag.variables.items()}
+        return {
+            key: {**defaults, **variation.overrides} for key, variation in flag.variations.items()
+        }
+
+    def flag(self, flag_key: str) -> Flag:
+        """The validated definition of one flag."""
+        return self._flag(flag_key)
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def _flag(self, flag_key: str) -> Flag:
+        try:
+            return self._document.flags[flag_key]
+        except (KeyError, TypeError):
+            raise FlagNotFound(flag_key) from None
+
+    def _environment(self, environment: str | None) -> CompiledEnvironment:
+        try:
+            return self._by_name[environment]
+        except (KeyError, TypeError):
+            raise UnknownEnvironment(environment, self.environments) from None
+
+    def _check(
+        self, visitor_code: str, context: Mapping[str, Any] | None, now: Now
+    ) -> tuple[Mapping[str, Any], float | None]:
+        if (
+            visitor_code.__class__ is not str
+            or not 0 < len(visitor_code) <= MAX_VISITOR_CODE_LENGTH
+        ):
+            raise InvalidVisitorCode(visitor_code)
+        if context is None:
+            context = _EMPTY
+        elif not isinstance(context, Mapping):
+            raise InvalidContext(context)
+        if now is None:
+            return context, time() if self._needs_clock else None
+        return context, _seconds(now)
+
+
+def _seconds(now: float | datetime) -> float:
+    """An evaluation time as seconds since the epoch; a naive datetime is taken as UTC."""
+    if isinstance(now, datetime):
+        return (now if now.tzinfo else now.replace(tzinfo=UTC)).timestamp()
+    if isinstance(now, (int, float)) and not isinstance(now, bool):
+        return float(now)
+    raise TypeError(f"now must be a datetime or seconds since the epoch, not {type(now).__name__}")
+
+
+def _uses_clock(document: Document) -> bool:
+    """Whether any condition compares the evaluation time (else ``now`` is never needed)."""
+    conditions = [*document.segments.values()]
+    for flag in document.flags.values():
+        conditions += [r.condition for rules in flag.rules.values() for r in rules if r.condition]
+    return any(
+        isinstance(node, Leaf) and node.attr is None
+        for condition in conditions
+        for node in walk(condition)
+    )
