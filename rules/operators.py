@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -85,6 +86,11 @@ def _require_strings(value: object) -> tuple[str, ...]:
 
 def _build_eq(value: object) -> Test:
     expected = _require_scalar(value)
+    kind = type(expected)
+    if kind is str:  # the common case, without the generic kind check
+        return lambda actual: actual.__class__ is str and actual == expected
+    if kind is bool or expected is None:
+        return lambda actual: actual is expected
     return lambda actual: _same(actual, expected)
 
 
@@ -104,6 +110,9 @@ def _member_index(values: list[object]) -> dict[str | None, set[object]]:
 def _build_in(value: object) -> Test:
     index = _member_index(_require_list_of_scalars(value))
     empty: set[object] = set()
+    if index.keys() == {"string"}:  # the common case, without the generic kind check
+        strings = index["string"]
+        return lambda actual: actual.__class__ is str and actual in strings
 
     def test(actual: object) -> bool:
         try:
@@ -200,6 +209,12 @@ def parse_semver(text: object) -> SemverKey | None:
     """
     if type(text) is not str or len(text) > 256:
         return None
+    return _parse_semver_text(text)
+
+
+@lru_cache(maxsize=4096)
+def _parse_semver_text(text: str) -> SemverKey | None:
+    # Cached: visitors report few distinct app versions, and parsing one costs microseconds.
     match = _SEMVER.fullmatch(text)
     if match is None:
         return None
