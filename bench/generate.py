@@ -42,25 +42,42 @@ def generate(count: int, seed: int = 7) -> dict[str, Any]:
             flag["default"] = rng.choice(["off", "on"])
         elif kind < 0.70:  # a percentage rollout
             flag["rules"] = [
-                {"key": "rollout", "type": "targeted_delivery",
-                 "exposure": rng.choice([1, 5, 10, 25, 50, 75]), "variation": "on"}
+                {
+                    "key": "rollout",
+                    "type": "targeted_delivery",
+                    "exposure": rng.choice([1, 5, 10, 25, 50, 75]),
+                    "variation": "on",
+                }
             ]
         elif kind < 0.88:  # targeted to a segment, then a rollout for the rest
             flag["rules"] = [
-                {"key": "target", "type": "targeted_delivery",
-                 "segment": rng.choice(list(SEGMENTS)), "variation": "on"},
+                {
+                    "key": "target",
+                    "type": "targeted_delivery",
+                    "segment": rng.choice(list(SEGMENTS)),
+                    "variation": "on",
+                },
                 {"key": "rest", "type": "targeted_delivery", "exposure": 10, "variation": "on"},
             ]
         elif kind < 0.97:  # an A/B/n experiment
             flag["variations"]["bold"] = {"variables": {"limit": 30}}
             flag["rules"] = [
-                {"key": "abn", "type": "experiment", "id": 90_000 + index, "exposure": 50,
-                 "split": {"off": 34, "on": 33, "bold": 33}}
+                {
+                    "key": "abn",
+                    "type": "experiment",
+                    "id": 90_000 + index,
+                    "exposure": 50,
+                    "split": {"off": 34, "on": 33, "bold": 33},
+                }
             ]
         else:  # depends on an earlier flag
             flag["rules"] = [
-                {"key": "prereq", "type": "targeted_delivery", "variation": "on",
-                 "condition": {"flag": "flag_00000", "variations": ["on", "bold"]}}
+                {
+                    "key": "prereq",
+                    "type": "targeted_delivery",
+                    "variation": "on",
+                    "condition": {"flag": "flag_00000", "variations": ["on", "bold"]},
+                }
             ]
         flags[key] = flag
     return {

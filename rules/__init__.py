@@ -23,6 +23,7 @@ from rules.errors import (
     UnknownEnvironment,
     VariableNotFound,
 )
+from rules.operators import to_instant
 from rules.ruleset import Ruleset, load
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "VariableNotFound",
     "bucket",
     "load",
+    "to_instant",
 ]

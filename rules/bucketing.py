@@ -32,7 +32,12 @@ T = TypeVar("T")
 
 
 def bucket(salt: str, unit: str) -> int:
-    """The bucket in [0, 10000) of ``unit`` under ``salt``; equal inputs give equal buckets."""
+    """The bucket in [0, 10000) of ``unit`` under ``salt``; equal inputs give equal buckets.
+
+    Raises ``ValueError`` for a salt containing NUL, which would make the input ambiguous.
+    """
+    if SEPARATOR in salt:
+        raise ValueError("a salt must not contain NUL")
     return bucket_prefixed(salt + SEPARATOR, unit)
 
 

@@ -318,13 +318,14 @@ def _parse_rules(
     rules: list[Rule] = []
     seen: set[str] = set()
     for index, item in enumerate(raw):
+        key = item.get("key") if isinstance(item, Mapping) else None
+        if isinstance(key, str):  # checked on the raw key, so other problems do not hide it
+            if key in seen:
+                report.add(key_path(join(path, index), "key"), f"duplicate rule key {key!r}")
+            seen.add(key)
         rule = _parse_rule(flag_key, item, join(path, index), variations, scope, report)
-        if rule is None:
-            continue
-        if rule.key in seen:
-            report.add(key_path(join(path, index), "key"), f"duplicate rule key {rule.key!r}")
-        seen.add(rule.key)
-        rules.append(rule)
+        if rule is not None:
+            rules.append(rule)
     return tuple(rules)
 
 
@@ -485,9 +486,9 @@ def _order_prerequisites(
 def _order_graph(
     graph: Mapping[str, set[str]], section: str, what: str, report: Report
 ) -> list[str]:
-    """Nodes with every dependency first. Cycles and chains deeper than ``MAX_CHAIN`` are
+    """Nodes with every dependency first. Cycles and chains longer than ``MAX_CHAIN`` are
     reported, which also bounds the recursion here and in compiled decisions."""
-    done: set[str] = set()
+    depth: dict[str, int] = {}  # finished nodes: the length of their longest chain
     order: list[str] = []
 
     def visit(node: str, path: list[str]) -> None:
@@ -496,16 +497,20 @@ def _order_graph(
             if nxt in path:
                 cycle = " -> ".join([*path[path.index(nxt) :], nxt])
                 report.add(key_path(section, nxt), f"{what} cycle: {cycle}")
-            elif len(path) >= MAX_CHAIN:
-                report.add(key_path(section, path[0]), f"{what} chain deeper than {MAX_CHAIN}")
-            elif nxt not in done:
+            elif nxt not in depth and len(path) <= MAX_CHAIN:
                 visit(nxt, path)
+        # A dependency still on the path is a cycle (reported above); one never reached was
+        # cut off by the length limit, so it counts as too long.
+        depth[node] = 1 + max(
+            (depth.get(nxt, 0 if nxt in path else MAX_CHAIN) for nxt in graph.get(node, ())),
+            default=0,
+        )
         path.pop()
-        if node not in done:
-            done.add(node)
-            order.append(node)
+        if depth[node] == MAX_CHAIN + 1:  # report where the chain first gets too long
+            report.add(key_path(section, node), f"{what} chain deeper than {MAX_CHAIN}")
+        order.append(node)
 
     for node in graph:
-        if node not in done:
+        if node not in depth:
             visit(node, [])
     return order

@@ -14,8 +14,8 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Final
 
 __all__ = ["MISSING", "OPERATORS", "Operator", "Test", "parse_semver", "to_instant"]

@@ -1,0 +1,152 @@
+"""The ``flagpost`` command.
+
+    flagpost validate FILE
+    flagpost decide FILE --visitor V [--flag K ...] [--context JSON] [--environment E] [--now T]
+
+Every failure is one clear line on stderr and a non-zero exit status, never a traceback:
+1 for invalid rules or a failed decision, 2 for unusable arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import orjson
+
+import rules
+
+__all__ = ["main"]
+
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"flagpost: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="flagpost", description="Feature-flag decisions from a rules file.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    validate = commands.add_parser("validate", help="check a rules file and list every problem")
+    validate.add_argument("file", type=Path, help="the rules document (JSON)")
+
+    decide = commands.add_parser("decide", help="print a visitor's decisions as JSON")
+    decide.add_argument("file", type=Path, help="the rules document (JSON)")
+    decide.add_argument("--visitor", required=True, help="the visitor code (1-255 characters)")
+    decide.add_argument(
+        "--flag", action="append", dest="flags", metavar="KEY", help="only this flag (repeatable)"
+    )
+    decide.add_argument("--context", default="{}", help="targeting attributes as a JSON object")
+    decide.add_argument("--environment", help="environment name (default: the first declared)")
+    decide.add_argument(
+        "--now", help="evaluation time, ISO 8601 or epoch seconds (default: the clock)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            return _validate(args.file)
+        return _decide(args)
+    except _Failure as failure:
+        print(f"flagpost: {failure}", file=sys.stderr)
+        return failure.status
+
+
+class _Failure(Exception):
+    def __init__(self, message: str, status: int = EXIT_INVALID) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise _Failure(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise _Failure(f"{path}: is a directory, not a rules file") from None
+    except OSError as error:
+        raise _Failure(f"{path}: cannot read: {error.strerror}") from None
+
+
+def _validate(path: Path) -> int:
+    try:
+        ruleset = rules.load(_read(path))
+    except rules.InvalidRuleset as invalid:
+        count = len(invalid.errors)
+        print(f"{path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
+        for problem in invalid.errors:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    print(
+        f"{path}: valid, revision {ruleset.revision}, {len(ruleset.flag_keys)} flags, "
+        f"{len(ruleset.events)} events, environments {', '.join(ruleset.environments)}"
+    )
+    return 0
+
+
+def _decide(args: argparse.Namespace) -> int:
+    context = _parse_context(args.context)
+    now = _parse_now(args.now)
+    try:
+        ruleset = rules.load(_read(args.file))
+    except rules.InvalidRuleset as invalid:
+        raise _Failure(f"{args.file}: {invalid}") from None
+    try:
+        if args.flags:
+            decisions = {
+                key: ruleset.decide(key, args.visitor, context, args.environment, now)
+                for key in args.flags
+            }
+        else:
+            decisions = ruleset.decide_all(args.visitor, context, args.environment, now)
+    except rules.RulesError as error:
+        raise _Failure(str(error)) from None
+    output = {
+        "visitor_code": args.visitor,
+        "revision": ruleset.revision,
+        "environment": args.environment or ruleset.environments[0],
+        "decisions": {key: decisions[key].as_dict() for key in sorted(decisions)},
+    }
+    sys.stdout.buffer.write(orjson.dumps(output, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
+def _parse_context(text: str) -> dict[str, Any]:
+    try:
+        context = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        raise _Failure(f"--context is not valid JSON: {error}", EXIT_USAGE) from None
+    if not isinstance(context, dict):
+        raise _Failure("--context must be a JSON object of attributes", EXIT_USAGE)
+    return context
+
+
+def _parse_now(text: str | None) -> float | None:
+    if text is None:
+        return None
+    instant = rules.to_instant(text)
+    if instant is None:
+        try:
+            instant = float(text)
+        except ValueError:
+            raise _Failure(
+                f"--now {text!r} is neither ISO 8601 nor epoch seconds", EXIT_USAGE
+            ) from None
+    return instant
+
+
+if __name__ == "__main__":
+    sys.exit(main())
