@@ -1,5 +1,6 @@
 """The ``flagpost`` command.
 
+    flagpost serve [--rules SOURCE] [--port N] ...   (every FLAGPOST_* setting has a flag)
     flagpost validate FILE
     flagpost decide FILE --visitor V [--flag K ...] [--context JSON] [--environment E] [--now T]
 
@@ -10,6 +11,7 @@ Every failure is one clear line on stderr and a non-zero exit status, never a tr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +20,8 @@ from typing import Any, NoReturn
 import orjson
 
 import rules
+from service.server import run
+from service.settings import Settings, SettingsError, load_settings
 
 __all__ = ["main"]
 
@@ -34,6 +38,15 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="flagpost", description="Feature-flag decisions from a rules file.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = commands.add_parser("serve", help="run the decision service", description=_SERVE_HELP)
+    for name, variable, default, text in Settings.describe():
+        serve.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            metavar=variable.removeprefix("FLAGPOST_"),
+            help=f"{text} (env {variable}, default {default})",
+        )
 
     validate = commands.add_parser("validate", help="check a rules file and list every problem")
     validate.add_argument("file", type=Path, help="the rules document (JSON)")
@@ -56,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "validate":
             return _validate(args.file)
         return _decide(args)
@@ -68,6 +83,27 @@ class _Failure(Exception):
     def __init__(self, message: str, status: int = EXIT_INVALID) -> None:
         super().__init__(message)
         self.status = status
+
+
+_SERVE_HELP = (
+    "Answer decisions over HTTP. Settings come from FLAGPOST_* environment variables; "
+    "each flag below overrides its variable."
+)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {name: getattr(args, name) for name, *_ in Settings.describe()}
+    try:
+        settings = load_settings(os.environ, overrides)
+    except SettingsError as error:
+        raise _Failure(f"invalid setting: {error}", EXIT_USAGE) from None
+    try:
+        run(settings)
+    except OSError as error:
+        raise _Failure(
+            f"cannot listen on {settings.host}:{settings.port}: {error.strerror}"
+        ) from None
+    return 0
 
 
 def _read(path: Path) -> bytes:

@@ -1,0 +1,70 @@
+"""The errors the HTTP API answers with, each with a stable code and status.
+
+    ApiError                    {"error": {"code", "message"}} with an HTTP status
+    ├── 400 INVALID_REQUEST     malformed JSON, wrong types, unknown fields (.field names it)
+    ├── 400 INVALID_VISITOR_CODE
+    ├── 400 UNKNOWN_ENVIRONMENT
+    ├── 401 UNAUTHORIZED
+    ├── 404 FLAG_NOT_FOUND, VARIABLE_NOT_FOUND, NOT_FOUND
+    ├── 413 PAYLOAD_TOO_LARGE
+    └── 503 NOT_READY           no ruleset has been loaded yet
+
+Errors of the ``rules`` core map onto these through ``from_rules_error``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+import rules
+
+__all__ = ["ApiError", "error_response", "from_rules_error"]
+
+
+class ApiError(Exception):
+    """An error answered to the client as JSON with a stable code."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return {"error": error}
+
+
+def invalid(message: str, field: str | None = None) -> ApiError:
+    """A 400 INVALID_REQUEST naming the offending field."""
+    return ApiError(400, "INVALID_REQUEST", message, field)
+
+
+def error_response(error: ApiError, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=error.status,
+        body=orjson.dumps(error.body()),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+_RULES_ERRORS: dict[type[rules.RulesError], tuple[int, str]] = {
+    rules.FlagNotFound: (404, "FLAG_NOT_FOUND"),
+    rules.VariableNotFound: (404, "VARIABLE_NOT_FOUND"),
+    rules.InvalidVisitorCode: (400, "INVALID_VISITOR_CODE"),
+    rules.UnknownEnvironment: (400, "UNKNOWN_ENVIRONMENT"),
+    rules.InvalidContext: (400, "INVALID_REQUEST"),
+}
+
+
+def from_rules_error(error: rules.RulesError) -> ApiError:
+    """The API error for an error of the decision core."""
+    status, code = _RULES_ERRORS.get(type(error), (400, "INVALID_REQUEST"))
+    return ApiError(status, code, str(error))

@@ -1,0 +1,124 @@
+"""Operations: health and readiness, metrics, configuration and its change stream, the refresh
+webhook and the OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import hmac
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+from aiohttp_sse import sse_response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.errors import ApiError
+from service.keys import LIMITS, METRICS, REFRESHER, SETTINGS, STORE
+from service.store import DROPPED
+
+__all__ = ["OPENAPI_PATH", "add_routes"]
+
+OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
+JSON = "application/json"
+#: A change-stream subscriber whose socket takes longer than this to accept an event is dropped.
+STREAM_SEND_TIMEOUT = 5.0
+SIGNATURE_HEADER = "X-Flagpost-Signature"
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/config", config)
+    app.router.add_get("/v1/config/stream", config_stream)
+    app.router.add_post("/v1/webhooks/refresh", refresh_webhook)
+    app.router.add_get("/openapi.json", openapi)
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    snapshot = request.app[STORE].current
+    if snapshot is None:
+        raise ApiError(503, "NOT_READY", "no rules have been loaded yet")
+    return _json({"status": "ready", "revision": snapshot.ruleset.revision})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = await asyncio.to_thread(request.app[METRICS].exposition)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def config(request: web.Request) -> web.Response:
+    store, settings = request.app[STORE], request.app[SETTINGS]
+    snapshot = store.current
+    environments = list(snapshot.ruleset.environments) if snapshot else []
+    default = settings.environment or (environments[0] if environments else None)
+    return _json(
+        {
+            **store.status(),
+            "environment": default,
+            "environments": environments,
+            "refresh_interval": settings.refresh_interval,
+            "webhook": settings.webhook_secret is not None,
+        }
+    )
+
+
+async def config_stream(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: the current rules at once, then one event per change."""
+    store = request.app[STORE]
+    queue = store.subscribe()
+    try:
+        async with sse_response(request, send_timeout=STREAM_SEND_TIMEOUT) as stream:
+            if store.current is not None:
+                await stream.send(
+                    orjson.dumps(store.current.change_event()).decode(), event="rules"
+                )
+            while stream.is_connected():
+                event = await queue.get()
+                if event is DROPPED:
+                    break
+                await stream.send(orjson.dumps(event).decode(), event="rules")
+            return stream
+    except (ConnectionResetError, TimeoutError):  # a dead or stuck subscriber: let it go
+        return web.StreamResponse()
+    finally:
+        store.unsubscribe(queue)
+
+
+async def refresh_webhook(request: web.Request) -> web.Response:
+    """A signed request to refresh now: HMAC-SHA256 of the raw body with the shared secret."""
+    secret = request.app[SETTINGS].webhook_secret
+    if secret is None:
+        raise ApiError(404, "NOT_FOUND", "the refresh webhook is not enabled")
+    limits = request.app[LIMITS]
+    if (request.content_length or 0) > limits.max_body:
+        raise ApiError(413, "PAYLOAD_TOO_LARGE", f"the body is larger than {limits.max_body} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "PAYLOAD_TOO_LARGE", "the body is too large") from None
+    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    offered = request.headers.get(SIGNATURE_HEADER, "")
+    if not hmac.compare_digest(offered.encode(), expected.encode()):
+        raise ApiError(401, "UNAUTHORIZED", f"missing or invalid {SIGNATURE_HEADER}")
+    request.app[REFRESHER].trigger()
+    return _json({"status": "refresh scheduled"}, status=202)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=_openapi_document(), content_type=JSON)
+
+
+@functools.cache
+def _openapi_document() -> bytes:
+    return OPENAPI_PATH.read_bytes()

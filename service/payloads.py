@@ -1,0 +1,167 @@
+"""Reading requests: every body and query is hostile until checked here.
+
+Each problem becomes an ``ApiError`` naming the field: a body that is too large (413),
+malformed JSON, a wrong type, an unknown field, a bad visitor code, or a context with too
+many or too deeply nested attributes (400).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from service.errors import ApiError, invalid
+
+__all__ = ["DecisionQuery", "Limits", "read_json", "read_query"]
+
+MAX_VISITOR_CODE = 255
+MAX_FLAGS_PER_REQUEST = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_body: int
+    max_attributes: int
+    max_depth: int
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionQuery:
+    """What a decision request asks, checked."""
+
+    visitor_code: str
+    context: dict[str, Any]
+    environment: str | None
+    track: bool
+    flags: tuple[str, ...] | None = None
+    active_only: bool = False
+
+
+async def read_json(request: web.Request, limits: Limits) -> dict[str, Any]:
+    """The request body as a JSON object (an empty body reads as ``{}``)."""
+    if (request.content_length or 0) > limits.max_body:
+        raise _too_large(limits)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(limits) from None
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise invalid(f"the body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise invalid("the body must be a JSON object")
+    return body
+
+
+def _too_large(limits: Limits) -> ApiError:
+    return ApiError(413, "PAYLOAD_TOO_LARGE", f"the body is larger than {limits.max_body} bytes")
+
+
+def refuse_unknown(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    for name in body:
+        if name not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise invalid(f"unknown field {name!r} (expected: {known})", field=name)
+
+
+_DECISION_FIELDS = frozenset({"visitor_code", "context", "environment", "track"})
+_DECIDE_FIELDS = _DECISION_FIELDS | {"flags", "active_only"}
+
+
+def read_decision(body: Mapping[str, Any], limits: Limits, *, many: bool = False) -> DecisionQuery:
+    """A decision request from a JSON body (``many``: the ``/v1/decide`` form)."""
+    refuse_unknown(body, _DECIDE_FIELDS if many else _DECISION_FIELDS)
+    return DecisionQuery(
+        visitor_code=check_visitor_code(body.get("visitor_code")),
+        context=check_context(body.get("context"), limits),
+        environment=_optional_text(body, "environment"),
+        track=_boolean(body, "track", default=True),
+        flags=_flag_list(body.get("flags")) if many else None,
+        active_only=_boolean(body, "active_only", default=False) if many else False,
+    )
+
+
+def read_query(request: web.Request) -> DecisionQuery:
+    """A decision request from query parameters (GET)."""
+    query = request.query
+    refuse_unknown(query, frozenset({"visitor_code", "environment", "track"}))
+    track = query.get("track", "true").lower()
+    if track not in ("true", "false"):
+        raise invalid("track must be true or false", field="track")
+    environment = query.get("environment")
+    return DecisionQuery(
+        visitor_code=check_visitor_code(query.get("visitor_code")),
+        context={},
+        environment=environment or None,
+        track=track == "true",
+    )
+
+
+def check_visitor_code(value: object, field: str = "visitor_code") -> str:
+    if value is None:
+        raise ApiError(400, "INVALID_VISITOR_CODE", f"{field} is required", field)
+    if not isinstance(value, str):
+        raise ApiError(400, "INVALID_VISITOR_CODE", f"{field} must be a string", field)
+    if not 0 < len(value) <= MAX_VISITOR_CODE:
+        raise ApiError(
+            400,
+            "INVALID_VISITOR_CODE",
+            f"{field} must be 1 to {MAX_VISITOR_CODE} characters, not {len(value)}",
+            field,
+        )
+    return value
+
+
+def check_context(value: object, limits: Limits, field: str = "context") -> dict[str, Any]:
+    """Targeting attributes: an object within the attribute-count and nesting limits."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid(f"{field} must be a JSON object of attributes", field=field)
+    count = _count_attributes(value, 1, limits.max_depth, field)
+    if count > limits.max_attributes:
+        raise invalid(
+            f"{field} has {count} attributes; the limit is {limits.max_attributes}", field=field
+        )
+    return value
+
+
+def _count_attributes(value: object, depth: int, max_depth: int, field: str) -> int:
+    """Attributes and list items at every level; refuses nesting deeper than ``max_depth``."""
+    if not isinstance(value, (dict, list)):
+        return 0
+    if depth > max_depth:
+        raise invalid(f"{field} nests deeper than {max_depth} levels", field=field)
+    items = value.values() if isinstance(value, dict) else value
+    return len(value) + sum(_count_attributes(item, depth + 1, max_depth, field) for item in items)
+
+
+def _optional_text(body: Mapping[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise invalid(f"{name} must be a string", field=name)
+    return value or None
+
+
+def _boolean(body: Mapping[str, Any], name: str, *, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise invalid(f"{name} must be true or false", field=name)
+    return value
+
+
+def _flag_list(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(key, str) for key in value):
+        raise invalid("flags must be a list of flag keys", field="flags")
+    if len(value) > MAX_FLAGS_PER_REQUEST:
+        raise invalid(f"flags lists more than {MAX_FLAGS_PER_REQUEST} keys", field="flags")
+    return tuple(dict.fromkeys(value))

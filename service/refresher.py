@@ -1,0 +1,138 @@
+"""Keeping the rules fresh: on a timer with jitter, on a webhook's word, with backoff on failure.
+
+A new document is validated and compiled in a worker thread (a 10,000-flag document takes a
+while, and the event loop must keep answering), then swapped in whole. Whatever goes wrong,
+the last good ruleset keeps being served: the failure is logged, counted and shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+
+import rules
+from service.logs import get_logger
+from service.sources import RulesSource, SourceError
+from service.store import DiskCache, RulesStore
+
+__all__ = ["Refresher"]
+
+log = get_logger(__name__)
+
+#: After a webhook wakes the refresher, how long it waits for the rest of a burst.
+DEBOUNCE_SECONDS = 0.05
+#: The first retry after a failure; each further failure doubles it, up to the interval.
+FIRST_RETRY_SECONDS = 1.0
+#: The most errors of an invalid document that are logged and shown.
+SHOWN_PROBLEMS = 5
+
+
+class Refresher:
+    """Fetches, validates and swaps in the rules; one per running service."""
+
+    def __init__(
+        self,
+        source: RulesSource,
+        store: RulesStore,
+        cache: DiskCache,
+        *,
+        interval: float,
+        on_result: Callable[[str], None] = lambda result: None,
+    ) -> None:
+        self.source = source
+        self.store = store
+        self.cache = cache
+        self.interval = interval
+        self._on_result = on_result  # told "updated", "unchanged" or "failed" (metrics)
+        self._wake = asyncio.Event()
+        self._failures_in_a_row = 0
+
+    def trigger(self) -> None:
+        """Refresh soon; any number of calls before the refresh starts cause one fetch."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Load the rules once before serving; fall back to the disk cache if that fails."""
+        await self.refresh()
+        if self.store.current is None:
+            data = await self.cache.load()
+            if data is not None:
+                await self._install(data, origin="cache")
+
+    async def run(self) -> None:
+        """Refresh forever: each interval (with jitter), sooner when triggered."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._next_delay())
+                await asyncio.sleep(DEBOUNCE_SECONDS)  # let the rest of a webhook burst arrive
+            self._wake.clear()
+            await self.refresh()
+
+    def _next_delay(self) -> float:
+        if self._failures_in_a_row:
+            delay = min(self.interval, FIRST_RETRY_SECONDS * 2 ** (self._failures_in_a_row - 1))
+            return float(delay * random.uniform(0.8, 1.2))
+        base = min(self.interval, self.source.poll_interval or self.interval)
+        return base * random.uniform(0.9, 1.1)
+
+    async def refresh(self) -> str:
+        """Fetch once; returns "updated", "unchanged" or "failed"."""
+        try:
+            data = await self.source.fetch()
+            if data is None:
+                result = "unchanged"
+            else:
+                await self._install(data, origin="source")
+                await self._save(data)
+                result = "updated"
+        except (SourceError, rules.InvalidRuleset) as error:
+            result = "failed"
+            self._fail(_describe(error))
+        except Exception as error:  # a bug must not stop refreshing or take down serving
+            result = "failed"
+            log.exception("refresh_crashed")
+            self._fail(f"internal error: {type(error).__name__}")
+        else:
+            self._failures_in_a_row = 0
+            self.store.record_success()
+        self._on_result(result)
+        return result
+
+    async def _install(self, data: bytes, origin: str) -> None:
+        ruleset = await asyncio.to_thread(rules.load, data)
+        previous = self.store.current
+        self.store.swap(ruleset, origin)
+        log.info(
+            "rules_loaded",
+            revision=ruleset.revision,
+            flags=len(ruleset.flag_keys),
+            origin=origin,
+            previous=previous.ruleset.revision if previous else None,
+        )
+
+    async def _save(self, data: bytes) -> None:
+        try:
+            await self.cache.save(data)
+        except OSError as error:  # serving goes on; only a cold restart loses the fallback
+            log.warning("rules_cache_write_failed", path=str(self.cache.path), error=str(error))
+
+    def _fail(self, message: str) -> None:
+        self._failures_in_a_row += 1
+        self.store.record_failure(message)
+        log.warning(
+            "rules_refresh_failed",
+            source=self.store.source,
+            error=message,
+            serving=self.store.current.ruleset.revision if self.store.current else None,
+            failures_in_a_row=self._failures_in_a_row,
+        )
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, rules.InvalidRuleset):
+        shown = "; ".join(map(str, error.errors[:SHOWN_PROBLEMS]))
+        more = len(error.errors) - SHOWN_PROBLEMS
+        return f"invalid rules: {shown}" + (f" (and {more} more)" if more > 0 else "")
+    return str(error)

@@ -1,0 +1,187 @@
+"""Settings: read from ``FLAGPOST_*`` environment variables, each overridable by a flag.
+
+Every setting is validated once, at start; a bad one stops flagpost with one line naming the
+variable and what it expects (``SettingsError``), before anything listens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import rules
+
+__all__ = ["DEFAULT_RULES", "Settings", "SettingsError", "load_settings"]
+
+DEFAULT_RULES = str(Path(rules.__file__).resolve().parent / "examples" / "demo.json")
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names it and says what it expects."""
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _secret(raw: str) -> str | None:
+    return raw or None
+
+
+def _number(
+    convert: Callable[[str], T], ok: Callable[[T], bool], expects: str
+) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        try:
+            value = convert(raw.strip())
+        except ValueError:
+            raise ValueError(f"must be {expects}") from None
+        if not ok(value):
+            raise ValueError(f"must be {expects}")
+        return value
+
+    return parse
+
+
+_positive = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+_port = _number(int, lambda v: 0 <= v <= 65535, "a port number from 0 to 65535")
+_size = _number(int, lambda v: v >= 1024, "a number of bytes, at least 1024")
+_count = _number(int, lambda v: v >= 1, "a whole number of at least 1")
+
+
+def _flag(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _keys(raw: str) -> tuple[str, ...]:
+    keys = tuple(key.strip() for key in raw.split(",") if key.strip())
+    if any(len(key) < 16 for key in keys):
+        raise ValueError("each API key must be at least 16 characters long")
+    return keys
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _rules_source(raw: str) -> str:
+    scheme = urlsplit(raw).scheme
+    if scheme in ("http", "https"):
+        if not urlsplit(raw).netloc:
+            raise ValueError("is a URL without a host")
+        return raw
+    if scheme and len(scheme) > 1:
+        raise ValueError("must be a file path or an http(s) URL")
+    return raw
+
+
+def _setting(env: str, parse: Callable[[str], Any], default: Any, help: str) -> Any:
+    secret = any(word in env for word in ("KEY", "SECRET", "AUTH"))
+    metadata = {"env": env, "parse": parse, "help": help, "secret": secret}
+    return field(default=default, repr=not secret, metadata=metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything flagpost can be told, with its defaults."""
+
+    rules: str = _setting(
+        "FLAGPOST_RULES", _rules_source, DEFAULT_RULES, "rules file path or http(s) URL"
+    )
+    rules_auth: str | None = _setting(
+        "FLAGPOST_RULES_AUTH", _secret, None, "Authorization header value for an http(s) source"
+    )
+    rules_timeout: float = _setting(
+        "FLAGPOST_RULES_TIMEOUT", _positive, 10.0, "seconds allowed for fetching the rules"
+    )
+    host: str = _setting("FLAGPOST_HOST", _text, "127.0.0.1", "address to listen on")
+    port: int = _setting("FLAGPOST_PORT", _port, 8080, "port to listen on")
+    environment: str | None = _setting(
+        "FLAGPOST_ENVIRONMENT", _secret, None, "default environment (the rules' first if unset)"
+    )
+    refresh_interval: float = _setting(
+        "FLAGPOST_REFRESH_INTERVAL", _positive, 60.0, "seconds between rules refreshes"
+    )
+    webhook_secret: str | None = _setting(
+        "FLAGPOST_WEBHOOK_SECRET",
+        _secret,
+        None,
+        "HMAC secret of the refresh webhook (off if unset)",
+    )
+    api_keys: tuple[str, ...] = _setting(
+        "FLAGPOST_API_KEYS", _keys, (), "comma-separated API keys (no auth if unset)"
+    )
+    log_format: str = _setting(
+        "FLAGPOST_LOG_FORMAT", _choice("json", "console"), "json", "json or console"
+    )
+    log_level: str = _setting(
+        "FLAGPOST_LOG_LEVEL",
+        _choice("debug", "info", "warning", "error"),
+        "info",
+        "debug, info, warning or error",
+    )
+    access_log: bool = _setting(
+        "FLAGPOST_ACCESS_LOG", _flag, False, "log every request (off: keeps the hot path lean)"
+    )
+    cache_dir: str = _setting(
+        "FLAGPOST_CACHE_DIR", _text, ".flagpost/cache", "where the last good rules are kept"
+    )
+    max_body: int = _setting(
+        "FLAGPOST_MAX_BODY", _size, 64 * 1024, "largest request body accepted, in bytes"
+    )
+    max_attributes: int = _setting(
+        "FLAGPOST_MAX_ATTRIBUTES", _count, 200, "most context attributes (all levels) per request"
+    )
+    max_depth: int = _setting(
+        "FLAGPOST_MAX_DEPTH", _count, 5, "deepest nesting of context attributes"
+    )
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str, str]]:
+        """(attribute, variable, default, help) of every setting, for --help and the README."""
+        return [
+            (f.name, f.metadata["env"], repr(f.default), f.metadata["help"]) for f in fields(cls)
+        ]
+
+
+def load_settings(
+    environ: Mapping[str, str], overrides: Mapping[str, str | None] | None = None
+) -> Settings:
+    """Settings from ``environ``, with ``overrides`` (attribute name -> raw text) taking precedence.
+
+    Raises ``SettingsError`` naming the first invalid setting.
+    """
+    values: dict[str, Any] = {}
+    for spec in fields(Settings):
+        variable = spec.metadata["env"]
+        raw = (overrides or {}).get(spec.name)
+        origin = f"--{spec.name.replace('_', '-')}"
+        if raw is None:
+            raw, origin = environ.get(variable), variable
+        if raw is None:
+            continue
+        try:
+            values[spec.name] = spec.metadata["parse"](raw)
+        except ValueError as error:
+            why = str(error)
+            shown = (
+                "***" if "KEY" in variable or "SECRET" in variable or "AUTH" in variable else raw
+            )
+            raise SettingsError(f"{origin}={shown!r} {why}") from None
+    return Settings(**values)

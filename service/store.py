@@ -1,0 +1,154 @@
+"""The ruleset being served, swapped atomically, with its status and change subscribers.
+
+A request reads ``store.current`` once and uses that snapshot from start to end, so a swap
+in the middle of a request never mixes two rulesets. Swapping is one attribute assignment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rules
+
+__all__ = ["DROPPED", "DiskCache", "RulesStore", "Snapshot"]
+
+#: Change events a subscriber may fall behind by before it is dropped.
+SUBSCRIBER_BACKLOG = 16
+#: The last event a dropped subscriber receives.
+DROPPED: dict[str, Any] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One loaded ruleset and where and when it came from."""
+
+    ruleset: rules.Ruleset
+    loaded_at: float
+    origin: str  # "source" or "cache"
+    #: Serialized decisions, by id of the (shared, immutable) Decision; lives with the ruleset.
+    encoded: dict[int, bytes] = field(default_factory=dict, compare=False)
+
+    def change_event(self) -> dict[str, Any]:
+        return {
+            "revision": self.ruleset.revision,
+            "flag_count": len(self.ruleset.flag_keys),
+            "loaded_at": _iso(self.loaded_at),
+            "origin": self.origin,
+        }
+
+
+class RulesStore:
+    """Holds the current snapshot and what happened while keeping it fresh."""
+
+    def __init__(self, source_description: str) -> None:
+        self.source = source_description
+        self.current: Snapshot | None = None
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.last_refresh_at: float | None = None
+        self.successes = 0
+        self.failures = 0
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+
+    def swap(self, ruleset: rules.Ruleset, origin: str) -> Snapshot:
+        """Serve ``ruleset`` from now on and tell every subscriber."""
+        snapshot = Snapshot(ruleset, time.time(), origin)
+        self.current = snapshot
+        event = snapshot.change_event()
+        for queue in list(self._subscribers):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:  # too slow to keep up: dropped, never waited for
+                self._drop(queue)
+        return snapshot
+
+    def _drop(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        """Unsubscribe a subscriber and leave it only ``DROPPED``, so its stream ends."""
+        self._subscribers.discard(queue)
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(DROPPED)
+
+    def record_success(self) -> None:
+        self.successes += 1
+        self.last_refresh_at = time.time()
+
+    def record_failure(self, message: str) -> None:
+        self.failures += 1
+        self.last_error = message
+        self.last_error_at = self.last_refresh_at = time.time()
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(SUBSCRIBER_BACKLOG)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._subscribers.discard(queue)
+
+    def close_subscribers(self) -> None:
+        """End every change stream (at shutdown)."""
+        for queue in list(self._subscribers):
+            self._drop(queue)
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /v1/config`` reports about the rules."""
+        snapshot = self.current
+        return {
+            "revision": snapshot.ruleset.revision if snapshot else None,
+            "source": self.source,
+            "origin": snapshot.origin if snapshot else None,
+            "loaded_at": _iso(snapshot.loaded_at) if snapshot else None,
+            "flag_count": len(snapshot.ruleset.flag_keys) if snapshot else 0,
+            "last_refresh_at": _iso(self.last_refresh_at),
+            "last_error": (
+                {"message": self.last_error, "at": _iso(self.last_error_at)}
+                if self.last_error
+                else None
+            ),
+            "refreshes": {"succeeded": self.successes, "failed": self.failures},
+        }
+
+
+class DiskCache:
+    """The last good rules document on disk, so a restart while the source is down still serves."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = Path(directory) / "rules.json"
+
+    async def save(self, data: bytes) -> None:
+        await asyncio.to_thread(self._write, data)
+
+    async def load(self) -> bytes | None:
+        try:
+            return await asyncio.to_thread(self.path.read_bytes)
+        except OSError:
+            return None
+
+    def _write(self, data: bytes) -> None:
+        # Written beside the target and renamed over it, so a crash leaves the old file whole.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".rules-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment)) + f".{int(moment % 1 * 1000):03d}Z"
+    )
