@@ -1,0 +1,81 @@
+"""Running the real ``flagpost serve`` process on a free loopback port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+READY_WITHIN = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def service_env(tmp: Path, rules: dict[str, Any] | Path, port: int, **extra: str) -> dict[str, str]:
+    if isinstance(rules, dict):
+        path = tmp / "rules.json"
+        path.write_text(json.dumps(rules))
+    else:
+        path = rules
+    return {
+        **os.environ,
+        "FLAGPOST_RULES": str(path),
+        "FLAGPOST_PORT": str(port),
+        "FLAGPOST_CACHE_DIR": str(tmp / "cache"),
+        "FLAGPOST_LOG_LEVEL": "warning",
+        **extra,
+    }
+
+
+@contextmanager
+def running_service(tmp: Path, rules: dict[str, Any] | Path, **extra: str) -> Iterator[str]:
+    """Start ``python -m service serve``; yield its base URL once ready; stop it with SIGTERM."""
+    port = free_port()
+    log = tmp / "flagpost.log"  # a file, not a pipe: an unread pipe could block the server
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve"],
+            env=service_env(tmp, rules, port, **extra),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, process, log)
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_ready(base: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + READY_WITHIN
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = log.read_text(errors="replace")
+            raise AssertionError(f"flagpost exited with {process.returncode}: {output}")
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.1)
+    raise AssertionError("flagpost did not become ready")

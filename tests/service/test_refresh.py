@@ -1,0 +1,209 @@
+"""Keeping rules fresh against a real loopback HTTP source that changes, fails and recovers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.generate import generate
+from tests.service.conftest import DEMO, Api, AppFactory
+from tests.service.rules_server import eventually, serve_rules
+
+SECRET = "webhook-secret-for-tests"
+
+
+async def revision(api: Api) -> str | None:
+    return (await api.get("/v1/config")).body["revision"]  # type: ignore[no-any-return]
+
+
+async def test_timer_refresh_follows_changes_and_failures(start: AppFactory) -> None:
+    """A changed document is picked up; failures keep the last good one, shown in /v1/config."""
+    async with serve_rules() as source, start(rules=source.url, refresh_interval=0.2) as api:
+        assert "2026-11-22.1" == await revision(api)
+        source.set_revision("r2", dark_mode="off")
+
+        async def updated() -> bool:
+            return await revision(api) == "r2"
+
+        await eventually(updated)
+        source.fail_with = 500
+
+        async def failing() -> bool:
+            return (await api.get("/v1/config")).body["last_error"] is not None
+
+        await eventually(failing)
+        config = (await api.get("/v1/config")).body
+        assert "r2" == config["revision"]
+        assert "HTTP 500" in config["last_error"]["message"]
+        decision = await api.get(
+            "/v1/flags/{flag}/decision", {"flag": "dark_mode"}, params={"visitor_code": "v"}
+        )
+        assert "off" == decision.body["variation"]  # still the last good rules
+        source.fail_with = None
+        source.set_revision("r3")
+
+        async def recovered() -> bool:
+            return await revision(api) == "r3"
+
+        await eventually(recovered)
+        metrics = (await api.get("/metrics")).body.decode()
+        assert 'flagpost_rules_refreshes_total{result="failed"}' in metrics
+
+
+async def test_invalid_document_never_replaces_the_served_one(start: AppFactory) -> None:
+    """A broken document is refused with its problems shown; the old rules keep serving."""
+    async with serve_rules() as source, start(rules=source.url, refresh_interval=0.2) as api:
+        source.document = b'{"format": 1, "flags": {"x": {"variations": {}}}}'
+
+        async def refused() -> bool:
+            error = (await api.get("/v1/config")).body["last_error"]
+            return error is not None and "invalid rules" in error["message"]
+
+        await eventually(refused)
+        assert "2026-11-22.1" == await revision(api)
+        assert 200 == (await api.get("/readyz")).status
+
+
+async def test_unchanged_documents_are_not_downloaded_again(start: AppFactory) -> None:
+    """The source is asked with If-None-Match and its 304 costs no download."""
+    async with serve_rules() as source, start(rules=source.url, refresh_interval=0.1) as api:
+
+        async def revalidated() -> bool:
+            return source.not_modified >= 3
+
+        await eventually(revalidated)
+        assert 1 == source.gets
+        assert "2026-11-22.1" == await revision(api)
+
+
+async def test_source_authorization_and_timeout(start: AppFactory) -> None:
+    """The configured Authorization header is sent; a hanging source fails within the timeout."""
+    async with (
+        serve_rules() as source,
+        start(
+            rules=source.url, rules_auth="Bearer s3cret", refresh_interval=0.2, rules_timeout=0.3
+        ) as api,
+    ):
+        assert "Bearer s3cret" == source.authorizations[0]
+        source.hang = True
+
+        async def timed_out() -> bool:
+            error = (await api.get("/v1/config")).body["last_error"]
+            return error is not None and "did not answer in time" in error["message"]
+
+        await eventually(timed_out)
+        assert 200 == (await api.get("/readyz")).status
+
+
+async def test_restart_with_source_down_serves_the_cache(start: AppFactory) -> None:
+    """The last good document is kept on disk and served when the source is down at start."""
+    async with serve_rules() as source:
+        source.set_revision("cached-rev")
+        async with start(rules=source.url) as api:
+            assert "cached-rev" == await revision(api)
+        source.fail_with = 503
+        async with start(rules=source.url) as api:
+            config = (await api.get("/v1/config")).body
+            assert ("cached-rev", "cache") == (config["revision"], config["origin"])
+            assert 200 == (await api.get("/readyz")).status
+
+
+async def test_not_ready_without_any_rules(start: AppFactory, tmp_path: Path) -> None:
+    """With no source and no cache, readiness and decisions answer 503 NOT_READY."""
+    async with start(
+        rules=str(tmp_path / "missing.json"), cache_dir=str(tmp_path / "empty")
+    ) as api:
+        ready = await api.get("/readyz")
+        decision = await api.post("/v1/decide", json={"visitor_code": "v"})
+        assert (503, "NOT_READY") == (ready.status, ready.body["error"]["code"])
+        assert (503, "NOT_READY") == (decision.status, decision.body["error"]["code"])
+        assert 200 == (await api.get("/healthz")).status
+
+
+async def test_file_changes_are_noticed(start: AppFactory, tmp_path: Path) -> None:
+    """Rewriting the rules file is noticed without a webhook."""
+    path = tmp_path / "rules.json"
+    doc: dict[str, Any] = json.loads(DEMO.read_text())
+    path.write_text(json.dumps(doc))
+    async with start(rules=str(path), refresh_interval=0.1) as api:
+        doc["revision"] = "edited"
+        path.write_text(json.dumps(doc))
+
+        async def noticed() -> bool:
+            return await revision(api) == "edited"
+
+        await eventually(noticed)
+
+
+def sign(body: bytes, secret: str = SECRET) -> dict[str, str]:
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {"X-Flagpost-Signature": f"sha256={digest}"}
+
+
+async def test_webhook_signature(start: AppFactory) -> None:
+    """Only a correct HMAC signature of the raw body is accepted."""
+    body = b'{"event": "rules.updated"}'
+    async with start(webhook_secret=SECRET) as api:
+        good = await api.post("/v1/webhooks/refresh", data=body, headers=sign(body))
+        forged = await api.post("/v1/webhooks/refresh", data=body, headers=sign(body, "guess"))
+        altered = await api.post("/v1/webhooks/refresh", data=body + b" ", headers=sign(body))
+        missing = await api.post("/v1/webhooks/refresh", data=body)
+    assert 202 == good.status
+    for reply in (forged, altered, missing):
+        assert (401, "UNAUTHORIZED") == (reply.status, reply.body["error"]["code"])
+
+
+async def test_webhook_is_off_without_a_secret(api: Api) -> None:
+    """With no secret configured the endpoint does not exist."""
+    reply = await api.post("/v1/webhooks/refresh", data=b"{}", headers=sign(b"{}"))
+    assert (404, "NOT_FOUND") == (reply.status, reply.body["error"]["code"])
+
+
+async def test_webhook_burst_causes_one_fetch(start: AppFactory) -> None:
+    """Twenty webhooks at once lead to one download of the new rules."""
+    async with (
+        serve_rules() as source,
+        start(rules=source.url, webhook_secret=SECRET, refresh_interval=3600) as api,
+    ):
+        source.set_revision("pushed")
+        body = b"{}"
+        replies = await asyncio.gather(
+            *(api.post("/v1/webhooks/refresh", data=body, headers=sign(body)) for _ in range(20))
+        )
+        assert {202} == {reply.status for reply in replies}
+
+        async def pushed() -> bool:
+            return await revision(api) == "pushed"
+
+        await eventually(pushed)
+        await asyncio.sleep(0.3)  # room for any extra fetch the burst would wrongly cause
+        assert 2 == source.gets  # the start, then one for the whole burst
+
+
+async def test_large_swap_is_atomic_while_serving(start: AppFactory, tmp_path: Path) -> None:
+    """While a 10,000-flag document is compiled and swapped in, every answer is whole."""
+    small, large = generate(10_000, seed=1), generate(10_000, seed=1)
+    small["flags"] = {key: small["flags"][key] for key in list(small["flags"])[:50]}
+    for flag in large["flags"].values():
+        flag["default"], flag["rules"] = "on", []
+    large["revision"] = "large"
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(small))
+    async with start(rules=str(path), refresh_interval=0.1) as api:
+        path.write_text(json.dumps(large))
+        seen: set[str] = set()
+        while "large" not in seen:
+            reply = await api.post(
+                "/v1/decide", json={"visitor_code": "v", "flags": ["flag_00000", "flag_00001"]}
+            )
+            assert 200 == reply.status
+            body = reply.body
+            seen.add(body["revision"])
+            variations = {d["variation"] for d in body["decisions"].values()}
+            if body["revision"] == "large":
+                assert {"on"} == variations
+        assert {"generated-10000-1", "large"} == seen

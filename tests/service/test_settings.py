@@ -1,0 +1,136 @@
+"""Settings from the environment and flags, and the real ``flagpost serve`` process."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from service.settings import DEFAULT_RULES, Settings, SettingsError, load_settings
+from tests.service.conftest import DEMO
+from tests.service.process import free_port, running_service, service_env, wait_ready
+
+
+def test_defaults() -> None:
+    """With nothing set, flagpost serves the bundled rules on 127.0.0.1:8080."""
+    settings = load_settings({})
+    assert (DEFAULT_RULES, "127.0.0.1", 8080, 60.0) == (
+        settings.rules,
+        settings.host,
+        settings.port,
+        settings.refresh_interval,
+    )
+    assert Path(DEFAULT_RULES).is_file()
+
+
+def test_flags_override_environment() -> None:
+    """A command-line value wins over its environment variable."""
+    settings = load_settings(
+        {"FLAGPOST_PORT": "9000", "FLAGPOST_API_KEYS": "a" * 16 + ", " + "b" * 16},
+        {"port": "9001", "host": None},
+    )
+    assert (9001, ("a" * 16, "b" * 16)) == (settings.port, settings.api_keys)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [({"FLAGPOST_PORT": "http"}, "FLAGPOST_PORT='http' must be a port number"),
+     ({"FLAGPOST_PORT": "70000"}, "must be a port number"),
+     ({"FLAGPOST_REFRESH_INTERVAL": "0"}, "must be a positive number"),
+     ({"FLAGPOST_LOG_FORMAT": "xml"}, "must be one of json, console"),
+     ({"FLAGPOST_RULES": "ftp://rules"}, "must be a file path or an http(s) URL"),
+     ({"FLAGPOST_MAX_BODY": "10"}, "at least 1024"),
+     ({"FLAGPOST_ACCESS_LOG": "sometimes"}, "must be true or false"),
+     ({"FLAGPOST_API_KEYS": "short"}, "FLAGPOST_API_KEYS='***' each API key must be at least 16")],
+)  # fmt: skip
+def test_invalid_settings_name_the_variable(environ: dict[str, str], message: str) -> None:
+    """Each invalid setting is refused with its name and what it expects, secrets masked."""
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings(environ)
+
+
+def test_secrets_stay_out_of_the_settings_repr() -> None:
+    """Settings can be logged without leaking keys or secrets."""
+    text = repr(Settings(api_keys=("k" * 20,), webhook_secret="hush-hush", rules_auth="Bearer t"))
+    assert "k" * 20 not in text
+    assert "hush-hush" not in text
+    assert "Bearer t" not in text
+
+
+def _serve(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", "serve", *args],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
+def test_invalid_setting_stops_serve_with_one_line(tmp_path: Path) -> None:
+    """flagpost serve with a bad setting prints one line and exits 2 before listening."""
+    env = service_env(tmp_path, DEMO, free_port(), FLAGPOST_REFRESH_INTERVAL="soon")
+    result = _serve(env)
+    assert 2 == result.returncode
+    assert [
+        "flagpost: invalid setting: FLAGPOST_REFRESH_INTERVAL='soon' must be a positive number"
+    ] == result.stderr.strip().splitlines()
+
+
+def test_busy_port_is_one_clear_line(tmp_path: Path) -> None:
+    """A port already in use gives one line and exit 1, not a traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = service_env(tmp_path, DEMO, taken.getsockname()[1])
+        result = _serve(env)
+    assert 1 == result.returncode
+    assert "cannot listen on 127.0.0.1:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """The real process serves the bundled rules and exits 0 on SIGTERM, logging JSON."""
+    port = free_port()
+    env = service_env(tmp_path, DEMO, port, FLAGPOST_LOG_LEVEL="info")
+    env.pop("FLAGPOST_RULES")  # the default: the bundled example rules
+    log = tmp_path / "out.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--port", str(port)],
+            env=env, stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process, log)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/decide", data=b'{"visitor_code": "alice"}', method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert 7 == len(json.loads(response.read())["decisions"])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=20)
+    assert 0 == code
+    events = [
+        json.loads(line)["event"] for line in log.read_text().splitlines() if line.startswith("{")
+    ]
+    assert ["flagpost_starting", "rules_loaded", "flagpost_listening", "flagpost_stopped"] == [
+        e
+        for e in events
+        if e in ("flagpost_starting", "rules_loaded", "flagpost_listening", "flagpost_stopped")
+    ]
+
+
+def test_running_service_helper_serves_given_rules(tmp_path: Path) -> None:
+    """The end-to-end helper starts flagpost on the rules it is given."""
+    rules = json.loads(DEMO.read_text())
+    rules["revision"] = "helper"
+    with (
+        running_service(tmp_path, rules) as base,
+        urllib.request.urlopen(f"{base}/readyz") as reply,
+    ):
+        assert "helper" == json.loads(reply.read())["revision"]
