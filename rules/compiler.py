@@ -14,7 +14,16 @@ from types import MappingProxyType
 from typing import Any
 
 from rules.bucketing import BUCKETS, SEPARATOR, SplitTable, bucket_prefixed
-from rules.conditions import Condition, Predicate, attribute_getter, compile_condition
+from rules.conditions import (
+    Condition,
+    FlagRef,
+    Leaf,
+    Predicate,
+    SegmentRef,
+    attribute_getter,
+    compile_condition,
+    walk,
+)
 from rules.decision import Decision, Reason
 from rules.model import Document, Flag, Rule
 
@@ -36,6 +45,8 @@ class CompiledEnvironment:
     constants: Mapping[str, Decision]
     #: (key, evaluator) of every flag whose answer depends on the visitor.
     dynamic: tuple[tuple[str, Evaluator], ...]
+    #: Flags whose answer depends on the evaluation time (so only they need the clock).
+    clocked: frozenset[str]
 
 
 def compile_document(document: Document) -> dict[str, CompiledEnvironment]:
@@ -60,13 +71,35 @@ def _compile_environment(document: Document, env: str) -> CompiledEnvironment:
     def compile_in_env(condition: Condition) -> Predicate:
         return compile_condition(condition, segment, prerequisite)
 
+    clocked: set[str] = set()
     for key, flag in document.flags.items():  # in prerequisite order
         evaluate, constant = _compile_flag(flag, env, compile_in_env)
         evaluators[key] = evaluate
         if constant is not None:
             constants[key] = constant
+        elif _reads_clock(flag.rules[env], document.segments, clocked):
+            clocked.add(key)
     dynamic = tuple((key, ev) for key, ev in evaluators.items() if key not in constants)
-    return CompiledEnvironment(env, evaluators, constants, dynamic)
+    return CompiledEnvironment(env, evaluators, constants, dynamic, frozenset(clocked))
+
+
+def _reads_clock(
+    rules: tuple[Rule, ...], segments: Mapping[str, Condition], clocked: set[str]
+) -> bool:
+    """Whether these rules compare the evaluation time, directly, through a segment, or
+    through a prerequisite flag that does (``clocked``: such flags found so far)."""
+    pending = [rule.condition for rule in rules if rule.condition is not None]
+    seen: set[str] = set()
+    while pending:
+        for node in walk(pending.pop()):
+            if isinstance(node, Leaf) and node.attr is None:
+                return True
+            if isinstance(node, FlagRef) and node.flag in clocked:
+                return True
+            if isinstance(node, SegmentRef) and node.name not in seen:
+                seen.add(node.name)
+                pending.append(segments[node.name])
+    return False
 
 
 class _Decisions:

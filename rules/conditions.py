@@ -270,8 +270,8 @@ def attribute_getter(name: str) -> Callable[[Mapping[str, Any]], object]:
         if value is MISSING and len(parts) > 1:
             value = attrs
             for part in parts:
-                if not isinstance(value, Mapping):
-                    return MISSING
+                if value.__class__ is not dict and not isinstance(value, Mapping):
+                    return MISSING  # (dict first: an ABC check costs more than the lookup)
                 value = value.get(part, MISSING)
         return value
 

@@ -12,7 +12,6 @@ from typing import Any
 from xxhash import xxh3_128_hexdigest
 
 from rules.compiler import CompiledEnvironment, compile_document
-from rules.conditions import Leaf, walk
 from rules.decision import Decision
 from rules.document import parse_document
 from rules.errors import (
@@ -30,6 +29,7 @@ from rules.model import Document, Event, Flag
 __all__ = ["Ruleset", "load"]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+_MAX_CODE = MAX_VISITOR_CODE_LENGTH
 Now = float | datetime | None
 
 
@@ -88,7 +88,6 @@ class Ruleset:
         "_by_name",
         "_default",
         "_document",
-        "_needs_clock",
         "environments",
         "events",
         "flag_keys",
@@ -105,7 +104,6 @@ class Ruleset:
         self._default = compiled[document.environments[0]]
         self._by_name: dict[str | None, CompiledEnvironment] = {None: self._default}
         self._by_name.update(compiled)
-        self._needs_clock = _uses_clock(document)
 
     def __repr__(self) -> str:
         return f"<Ruleset revision={self.revision!r} flags={len(self.flag_keys)}>"
@@ -125,13 +123,28 @@ class Ruleset:
         Raises ``FlagNotFound``, ``InvalidVisitorCode``, ``InvalidContext`` or
         ``UnknownEnvironment``; a flag disabled in the environment is not an error.
         """
-        env = self._environment(environment)
+        # The checks are written out here rather than shared with decide_all: this is the
+        # hot path, and each helper call costs about what a simple decision does.
+        try:
+            env = self._by_name[environment]
+        except (KeyError, TypeError):
+            raise UnknownEnvironment(environment, self.environments) from None
         try:
             evaluate = env.evaluators[flag_key]
         except (KeyError, TypeError):
             raise FlagNotFound(flag_key) from None
-        attrs, moment = self._check(visitor_code, context, now)
-        return evaluate(visitor_code, attrs, moment)
+        if visitor_code.__class__ is not str or not 0 < len(visitor_code) <= _MAX_CODE:
+            raise InvalidVisitorCode(visitor_code)
+        if context is None:
+            context = _EMPTY
+        elif context.__class__ is not dict and not isinstance(context, Mapping):
+            raise InvalidContext(context)
+        if now is None:
+            if flag_key in env.clocked:
+                now = time()
+        else:
+            now = _seconds(now)
+        return evaluate(visitor_code, context, now)
 
     def decide_all(
         self,
@@ -142,7 +155,7 @@ class Ruleset:
     ) -> dict[str, Decision]:
         """The visitor's decisions for every flag, keyed by flag key, all at one instant."""
         env = self._environment(environment)
-        attrs, moment = self._check(visitor_code, context, now)
+        attrs, moment = self._check(visitor_code, context, now, env.clocked)
         decisions = dict(env.constants)
         for key, evaluate in env.dynamic:
             decisions[key] = evaluate(visitor_code, attrs, moment)
@@ -191,7 +204,11 @@ class Ruleset:
             raise UnknownEnvironment(environment, self.environments) from None
 
     def _check(
-        self, visitor_code: str, context: Mapping[str, Any] | None, now: Now
+        self,
+        visitor_code: str,
+        context: Mapping[str, Any] | None,
+        now: Now,
+        clocked: frozenset[str],
     ) -> tuple[Mapping[str, Any], float | None]:
         if (
             visitor_code.__class__ is not str
@@ -203,7 +220,7 @@ class Ruleset:
         elif not isinstance(context, Mapping):
             raise InvalidContext(context)
         if now is None:
-            return context, time() if self._needs_clock else None
+            return context, time() if clocked else None
         return context, _seconds(now)
 
 
@@ -214,15 +231,3 @@ def _seconds(now: float | datetime) -> float:
     if isinstance(now, (int, float)) and not isinstance(now, bool):
         return float(now)
     raise TypeError(f"now must be a datetime or seconds since the epoch, not {type(now).__name__}")
-
-
-def _uses_clock(document: Document) -> bool:
-    """Whether any condition compares the evaluation time (else ``now`` is never needed)."""
-    conditions = [*document.segments.values()]
-    for flag in document.flags.values():
-        conditions += [r.condition for rules in flag.rules.values() for r in rules if r.condition]
-    return any(
-        isinstance(node, Leaf) and node.attr is None
-        for condition in conditions
-        for node in walk(condition)
-    )

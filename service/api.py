@@ -3,41 +3,30 @@
 Every handler reads the current snapshot once, so a request sees one ruleset throughout.
 Decisions are shared, immutable values, so each is serialized once per snapshot and the
 bytes are reused: a response over hundreds of flags is mostly a join of cached fragments.
+
+Handlers are methods of ``Serving``, which holds what they need directly: looking things up
+on the application per request costs more than a decision does.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
 import rules
 from service.errors import ApiError
-from service.keys import LIMITS, METRICS, SETTINGS, STORE
-from service.payloads import DecisionQuery, read_decision, read_json, read_query
-from service.store import Snapshot
+from service.metrics import Metrics
+from service.payloads import DecisionQuery, Limits, read_decision, read_json, read_query
+from service.store import RulesStore, Snapshot
 
-__all__ = ["add_routes", "current_snapshot", "encoded"]
+if TYPE_CHECKING:
+    from service.app import GuardedRouter
+
+__all__ = ["Serving", "encoded"]
 
 JSON = "application/json"
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/flags", list_flags)
-    app.router.add_get("/v1/flags/{flag}/variations", list_variations)
-    app.router.add_post("/v1/decide", decide_many)
-    for method in ("GET", "POST"):
-        app.router.add_route(method, "/v1/flags/{flag}/decision", decide_one)
-        app.router.add_route(method, "/v1/flags/{flag}/active", is_active)
-        app.router.add_route(method, "/v1/flags/{flag}/variables/{variable}", variable_value)
-
-
-def current_snapshot(request: web.Request) -> Snapshot:
-    snapshot = request.app[STORE].current
-    if snapshot is None:
-        raise ApiError(503, "NOT_READY", "no rules have been loaded yet")
-    return snapshot
 
 
 def encoded(snapshot: Snapshot, decision: rules.Decision) -> bytes:
@@ -53,119 +42,143 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type=JSON)
 
 
-async def _query(request: web.Request, *, many: bool = False) -> DecisionQuery:
-    if request.method == "GET":
-        return read_query(request)
-    limits = request.app[LIMITS]
-    return read_decision(await read_json(request, limits), limits, many=many)
+class Serving:
+    """What every decision handler needs, held directly; its methods are the handlers."""
 
+    def __init__(
+        self, store: RulesStore, metrics: Metrics, limits: Limits, environment: str | None
+    ) -> None:
+        self.store = store
+        self.limits = limits
+        self.environment = environment  # the default; None means the rules' first
+        self.metrics = metrics
+        self.tally = metrics.decision_tally
 
-def _environment(request: web.Request, query: DecisionQuery) -> str | None:
-    return query.environment or request.app[SETTINGS].environment
+    def add_routes(self, router: GuardedRouter) -> None:
+        # The router tries dynamic routes in order: the busiest go first, and each path's
+        # methods are added together so they share one resource.
+        for path, handler in (
+            ("/v1/flags/{flag}/decision", self.decide_one),
+            ("/v1/flags/{flag}/active", self.is_active),
+            ("/v1/flags/{flag}/variables/{variable}", self.variable_value),
+        ):
+            router.add("POST", path, handler)
+            router.add("GET", path, handler)
+        router.add("POST", "/v1/decide", self.decide_many)
+        router.add("GET", "/v1/flags", self.list_flags)
+        router.add("GET", "/v1/flags/{flag}/variations", self.list_variations)
 
+    def snapshot(self) -> Snapshot:
+        snapshot = self.store.current
+        if snapshot is None:
+            raise ApiError(503, "NOT_READY", "no rules have been loaded yet")
+        return snapshot
 
-async def _decide(request: web.Request) -> tuple[Snapshot, rules.Decision]:
-    query = await _query(request)
-    snapshot = current_snapshot(request)
-    decision = snapshot.ruleset.decide(
-        request.match_info["flag"],
-        query.visitor_code,
-        query.context,
-        _environment(request, query),
-    )
-    request.app[METRICS].count_decision(decision.reason)
-    return snapshot, decision
+    async def query(self, request: web.Request, *, many: bool = False) -> DecisionQuery:
+        if request.method == "GET":
+            return read_query(request)
+        return read_decision(await read_json(request, self.limits), self.limits, many=many)
 
+    async def decide_one(self, request: web.Request) -> web.Response:
+        query = await self.query(request)
+        snapshot = self.snapshot()
+        decision = snapshot.ruleset.decide(
+            request.match_info["flag"],
+            query.visitor_code,
+            query.context,
+            query.environment or self.environment,
+        )
+        self.tally[decision.reason] += 1
+        return web.Response(body=encoded(snapshot, decision), content_type=JSON)
 
-async def list_flags(request: web.Request) -> web.Response:
-    ruleset = current_snapshot(request).ruleset
-    return _json({"revision": ruleset.revision, "flags": list(ruleset.flag_keys)})
+    async def is_active(self, request: web.Request) -> web.Response:
+        query = await self.query(request)
+        decision = self.snapshot().ruleset.decide(
+            request.match_info["flag"],
+            query.visitor_code,
+            query.context,
+            query.environment or self.environment,
+        )
+        self.tally[decision.reason] += 1
+        return _json(
+            {"flag": decision.flag, "active": decision.active, "variation": decision.variation}
+        )
 
+    async def variable_value(self, request: web.Request) -> web.Response:
+        query = await self.query(request)
+        ruleset = self.snapshot().ruleset
+        flag, name = request.match_info["flag"], request.match_info["variable"]
+        if name not in ruleset.flag(flag).variables:
+            raise rules.VariableNotFound(flag, name)
+        decision = ruleset.decide(
+            flag, query.visitor_code, query.context, query.environment or self.environment
+        )
+        self.tally[decision.reason] += 1
+        value = decision.variables[name]
+        return _json(
+            {"flag": flag, "variable": name, "value": value, "variation": decision.variation}
+        )
 
-async def list_variations(request: web.Request) -> web.Response:
-    ruleset = current_snapshot(request).ruleset
-    key = request.match_info["flag"]
-    flag = ruleset.flag(key)
-    variables = ruleset.variations(key)
-    variations = {
-        name: {
-            "id": variation.id,
-            "value": variation.value if variation.has_value else name != "off",
-            "variables": variables[name],
+    async def decide_many(self, request: web.Request) -> web.Response:
+        query = await self.query(request, many=True)
+        snapshot = self.snapshot()
+        ruleset = snapshot.ruleset
+        environment = query.environment or self.environment
+        errors: dict[str, Any] = {}
+        if query.flags is None:
+            decisions = ruleset.decide_all(query.visitor_code, query.context, environment)
+        else:
+            decisions = {}
+            for key in query.flags:  # a flag removed from the rules must not fail the others
+                try:
+                    decisions[key] = ruleset.decide(
+                        key, query.visitor_code, query.context, environment
+                    )
+                except rules.FlagNotFound as error:
+                    errors[key] = {"code": "FLAG_NOT_FOUND", "message": str(error)}
+        if query.active_only:
+            decisions = {key: d for key, d in decisions.items() if d.active}
+        self.metrics.count_decisions(decisions.values())
+        head = orjson.dumps({"visitor_code": query.visitor_code, "revision": ruleset.revision})
+        tail = b',"errors":' + orjson.dumps(errors) if errors else b""
+        body = head[:-1] + b',"decisions":{' + members(snapshot, decisions) + b"}" + tail + b"}"
+        return web.Response(body=body, content_type=JSON)
+
+    async def list_flags(self, request: web.Request) -> web.Response:
+        ruleset = self.snapshot().ruleset
+        return _json({"revision": ruleset.revision, "flags": list(ruleset.flag_keys)})
+
+    async def list_variations(self, request: web.Request) -> web.Response:
+        ruleset = self.snapshot().ruleset
+        key = request.match_info["flag"]
+        flag = ruleset.flag(key)
+        variables = ruleset.variations(key)
+        variations = {
+            name: {
+                "id": variation.id,
+                "value": variation.value if variation.has_value else name != "off",
+                "variables": variables[name],
+            }
+            for name, variation in flag.variations.items()
         }
-        for name, variation in flag.variations.items()
-    }
-    return _json(
-        {
-            "flag": key,
-            "revision": ruleset.revision,
-            "default": flag.default,
-            "variations": variations,
-        }
-    )
+        return _json(
+            {
+                "flag": key,
+                "revision": ruleset.revision,
+                "default": flag.default,
+                "variations": variations,
+            }
+        )
 
 
-async def decide_one(request: web.Request) -> web.Response:
-    snapshot, decision = await _decide(request)
-    return web.Response(body=encoded(snapshot, decision), content_type=JSON)
-
-
-async def is_active(request: web.Request) -> web.Response:
-    _, decision = await _decide(request)
-    return _json(
-        {"flag": decision.flag, "active": decision.active, "variation": decision.variation}
-    )
-
-
-async def variable_value(request: web.Request) -> web.Response:
-    _, decision = await _decide_variable(request)
-    name = request.match_info["variable"]
-    return _json(
-        {
-            "flag": decision.flag,
-            "variable": name,
-            "value": decision.variables[name],
-            "variation": decision.variation,
-        }
-    )
-
-
-async def _decide_variable(request: web.Request) -> tuple[Snapshot, rules.Decision]:
-    query = await _query(request)
-    snapshot = current_snapshot(request)
-    flag, name = request.match_info["flag"], request.match_info["variable"]
-    if name not in snapshot.ruleset.flag(flag).variables:
-        raise rules.VariableNotFound(flag, name)
-    decision = snapshot.ruleset.decide(
-        flag, query.visitor_code, query.context, _environment(request, query)
-    )
-    request.app[METRICS].count_decision(decision.reason)
-    return snapshot, decision
-
-
-async def decide_many(request: web.Request) -> web.Response:
-    query = await _query(request, many=True)
-    snapshot = current_snapshot(request)
-    ruleset = snapshot.ruleset
-    environment = _environment(request, query)
-    errors: dict[str, Any] = {}
-    if query.flags is None:
-        decisions = ruleset.decide_all(query.visitor_code, query.context, environment)
-    else:
-        decisions = {}
-        for key in query.flags:  # a flag removed from the rules must not fail the others
-            try:
-                decisions[key] = ruleset.decide(key, query.visitor_code, query.context, environment)
-            except rules.FlagNotFound as error:
-                errors[key] = {"code": "FLAG_NOT_FOUND", "message": str(error)}
-    if query.active_only:
-        decisions = {key: d for key, d in decisions.items() if d.active}
-    request.app[METRICS].count_decisions(d.reason for d in decisions.values())
-    members = b",".join(
-        b'"' + key.encode() + b'":' + encoded(snapshot, decision)  # keys are JSON-safe
-        for key, decision in decisions.items()
-    )
-    head = orjson.dumps({"visitor_code": query.visitor_code, "revision": ruleset.revision})
-    tail = b',"errors":' + orjson.dumps(errors) if errors else b""
-    body = head[:-1] + b',"decisions":{' + members + b"}" + tail + b"}"
-    return web.Response(body=body, content_type=JSON)
+def members(snapshot: Snapshot, decisions: dict[str, rules.Decision]) -> bytes:
+    """``"key":{decision}`` members joined by commas, each built once per snapshot."""
+    cache = snapshot.members
+    found = list(map(cache.get, map(id, decisions.values())))  # C loops, no Python per item
+    if None in found:
+        for index, decision in enumerate(decisions.values()):
+            if found[index] is None:  # keys are JSON-safe (the format's key pattern)
+                found[index] = cache[id(decision)] = (
+                    b'"' + decision.flag.encode() + b'":' + encoded(snapshot, decision)
+                )
+    return b",".join(found)  # type: ignore[arg-type]

@@ -1,28 +1,33 @@
 """Prometheus metrics, in a registry of the app's own (several apps can run in one process).
 
-Durations are in seconds, with buckets fine enough for sub-millisecond decisions. Decisions
-are counted in plain integers read at scrape time: a ``decide_all`` over hundreds of flags
-must not pay for a locked counter increment per flag.
+Durations are in seconds, with buckets fine enough for sub-millisecond decisions. What is
+counted per request (requests, latencies, decisions) is kept in plain integers, updated by
+the event loop's one thread and turned into metric families only when scraped: a decision
+must not pay for locks and label lookups, nor ``decide_all`` for one increment per flag.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
+from operator import attrgetter
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from rules import Decision
 from service.store import RulesStore
+
+_REASON = attrgetter("reason")
 
 __all__ = ["Metrics"]
 
@@ -46,24 +51,55 @@ class _DecisionCollector(Collector):
         yield family
 
 
+class RequestStats(Collector):
+    """Requests by route, method and status, and their durations, as plain counts."""
+
+    def __init__(self) -> None:
+        self.answered: dict[tuple[str, str, int], int] = {}
+        #: Per (route, method): a count per bucket (the last is +Inf), then the sum of seconds.
+        self.durations: dict[tuple[str, str], list[float]] = {}
+
+    def record(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        self.answered[key] = self.answered.get(key, 0) + 1
+        histogram = self.durations.get((route, method))
+        if histogram is None:
+            histogram = self.durations[(route, method)] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        histogram[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        histogram[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        answered = CounterMetricFamily(
+            "flagpost_http_requests",
+            "HTTP requests answered, by route, method and status.",
+            labels=["route", "method", "status"],
+        )
+        for (route, method, status), count in sorted(self.answered.items()):
+            answered.add_metric([route, method, str(status)], count)
+        yield answered
+        durations = HistogramMetricFamily(
+            "flagpost_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route and method.",
+            labels=["route", "method"],
+        )
+        bounds = [str(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
+        for (route, method), histogram in sorted(self.durations.items()):
+            cumulative: list[tuple[str, float]] = []
+            running = 0.0
+            for bound, in_bucket in zip(bounds, histogram[:-1], strict=True):
+                running += in_bucket
+                cumulative.append((bound, running))
+            durations.add_metric([route, method], cumulative, sum_value=histogram[-1])
+        yield durations
+
+
 class Metrics:
     """Every metric flagpost exports."""
 
     def __init__(self, store: RulesStore) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "flagpost_http_requests",
-            "HTTP requests answered, by route, method and status.",
-            ["route", "method", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "flagpost_http_request_duration_seconds",
-            "Time to answer an HTTP request, by route and method.",
-            ["route", "method"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self.requests = RequestStats()
+        self.registry.register(self.requests)
         self.refreshes = Counter(
             "flagpost_rules_refreshes",
             "Rules refresh attempts, by result (updated, unchanged, failed).",
@@ -83,8 +119,8 @@ class Metrics:
         )
         flags.set_function(lambda: len(store.current.ruleset.flag_keys) if store.current else 0)
 
-    def count_decisions(self, reasons: Iterable[str]) -> None:
-        self.decision_tally.update(reasons)
+    def count_decisions(self, decisions: Iterable[Decision]) -> None:
+        self.decision_tally.update(map(_REASON, decisions))  # counted in C, not per-item Python
 
     def count_decision(self, reason: str) -> None:
         self.decision_tally[reason] += 1

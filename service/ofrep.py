@@ -7,27 +7,23 @@ environment is the service's default, or ``?environment=`` on the URL. Every suc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 from xxhash import xxh3_64_hexdigest
 
 import rules
-from service.api import current_snapshot
+from service.api import Serving
 from service.errors import ApiError
-from service.keys import LIMITS, METRICS, SETTINGS
-from service.payloads import MAX_VISITOR_CODE, check_context, read_json
+from service.payloads import MAX_VISITOR_CODE, Limits, check_context, read_json
 
-__all__ = ["add_routes"]
+if TYPE_CHECKING:
+    from service.app import GuardedRouter
+
+__all__ = ["Ofrep"]
 
 JSON = "application/json"
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/ofrep/v1/evaluate/flags/{key}", evaluate_one)
-    app.router.add_post("/ofrep/v1/evaluate/flags", evaluate_all)
-    app.router.add_get("/ofrep/v1/configuration", configuration)
 
 
 class _Failure(Exception):
@@ -42,9 +38,8 @@ def _reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) 
     return web.Response(body=orjson.dumps(data), status=status, content_type=JSON, headers=headers)
 
 
-async def _read_context(request: web.Request) -> tuple[str, dict[str, Any]]:
+async def _read_context(request: web.Request, limits: Limits) -> tuple[str, dict[str, Any]]:
     """The targeting key and the attributes of an OFREP request."""
-    limits = request.app[LIMITS]
     try:
         body = await read_json(request, limits)
     except ApiError as error:
@@ -90,68 +85,84 @@ def _success(decision: rules.Decision, revision: str) -> dict[str, Any]:
     }
 
 
-def _environment(request: web.Request) -> str | None:
-    return request.query.get("environment") or request.app[SETTINGS].environment
+class Ofrep:
+    """The OFREP handlers, sharing ``Serving`` with the decision API."""
 
+    def __init__(self, serving: Serving, refresh_interval: float) -> None:
+        self.serving = serving
+        self.refresh_interval = refresh_interval
 
-async def evaluate_one(request: web.Request) -> web.Response:
-    flag = request.match_info["key"]
-    try:
-        visitor, attributes = await _read_context(request)
-        ruleset = current_snapshot(request).ruleset
-        decision = ruleset.decide(flag, visitor, attributes, _environment(request))
-    except _Failure as failure:
+    def add_routes(self, router: GuardedRouter) -> None:
+        router.add("POST", "/ofrep/v1/evaluate/flags/{key}", self.evaluate_one)
+        router.add("POST", "/ofrep/v1/evaluate/flags", self.evaluate_all)
+        router.add("GET", "/ofrep/v1/configuration", self.configuration)
+
+    def _environment(self, request: web.Request) -> str | None:
+        return request.query.get("environment") or self.serving.environment
+
+    async def evaluate_one(self, request: web.Request) -> web.Response:
+        flag = request.match_info["key"]
+        try:
+            visitor, attributes = await _read_context(request, self.serving.limits)
+            ruleset = self.serving.snapshot().ruleset
+            decision = ruleset.decide(flag, visitor, attributes, self._environment(request))
+        except _Failure as failure:
+            return _reply(
+                {"key": flag, "errorCode": failure.code, "errorDetails": failure.details},
+                failure.status,
+            )
+        except rules.FlagNotFound as error:
+            return _reply(
+                {"key": flag, "errorCode": "FLAG_NOT_FOUND", "errorDetails": str(error)}, 404
+            )
+        except rules.UnknownEnvironment as error:
+            return _reply({"key": flag, "errorCode": "GENERAL", "errorDetails": str(error)}, 400)
+        except ApiError as error:  # not ready yet
+            return _reply({"errorDetails": error.message}, error.status)
+        self.serving.tally[decision.reason] += 1
+        return _reply(_success(decision, ruleset.revision))
+
+    async def evaluate_all(self, request: web.Request) -> web.Response:
+        try:
+            visitor, attributes = await _read_context(request, self.serving.limits)
+            ruleset = self.serving.snapshot().ruleset
+            decisions = ruleset.decide_all(visitor, attributes, self._environment(request))
+        except _Failure as failure:
+            return _reply(
+                {"errorCode": failure.code, "errorDetails": failure.details}, failure.status
+            )
+        except rules.UnknownEnvironment as error:
+            return _reply({"errorCode": "GENERAL", "errorDetails": str(error)}, 400)
+        except ApiError as error:  # not ready yet
+            return _reply({"errorDetails": error.message}, error.status)
+        self.serving.metrics.count_decisions(decisions.values())
+        flags = [_success(decisions[key], ruleset.revision) for key in ruleset.flag_keys]
+        body = orjson.dumps({"flags": flags})
+        # The tag is the content's own hash: equal answers (same rules, same context) match.
+        etag = f'"{xxh3_64_hexdigest(body)}"'
+        if etag in _entity_tags(request.headers.get("If-None-Match", "")):
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(body=body, content_type=JSON, headers={"ETag": etag})
+
+    async def configuration(self, request: web.Request) -> web.Response:
+        interval_ms = int(self.refresh_interval * 1000)
         return _reply(
-            {"key": flag, "errorCode": failure.code, "errorDetails": failure.details},
-            failure.status,
+            {
+                "name": "flagpost",
+                "capabilities": {
+                    "cacheInvalidation": {
+                        "polling": {
+                            "enabled": True,
+                            "minPollingIntervalMs": min(interval_ms, 60_000),
+                        }
+                    },
+                    "flagEvaluation": {
+                        "supportedTypes": ["boolean", "string", "int", "float", "object"]
+                    },
+                },
+            }
         )
-    except rules.FlagNotFound as error:
-        return _reply({"key": flag, "errorCode": "FLAG_NOT_FOUND", "errorDetails": str(error)}, 404)
-    except rules.UnknownEnvironment as error:
-        return _reply({"key": flag, "errorCode": "GENERAL", "errorDetails": str(error)}, 400)
-    except ApiError as error:  # not ready yet
-        return _reply({"errorDetails": error.message}, error.status)
-    request.app[METRICS].count_decision(decision.reason)
-    return _reply(_success(decision, ruleset.revision))
-
-
-async def evaluate_all(request: web.Request) -> web.Response:
-    try:
-        visitor, attributes = await _read_context(request)
-        ruleset = current_snapshot(request).ruleset
-        decisions = ruleset.decide_all(visitor, attributes, _environment(request))
-    except _Failure as failure:
-        return _reply({"errorCode": failure.code, "errorDetails": failure.details}, failure.status)
-    except rules.UnknownEnvironment as error:
-        return _reply({"errorCode": "GENERAL", "errorDetails": str(error)}, 400)
-    except ApiError as error:  # not ready yet
-        return _reply({"errorDetails": error.message}, error.status)
-    request.app[METRICS].count_decisions(d.reason for d in decisions.values())
-    flags = [_success(decisions[key], ruleset.revision) for key in ruleset.flag_keys]
-    body = orjson.dumps({"flags": flags})
-    # The tag is the content's own hash: equal answers (same rules, same context) match.
-    etag = f'"{xxh3_64_hexdigest(body)}"'
-    if etag in _entity_tags(request.headers.get("If-None-Match", "")):
-        return web.Response(status=304, headers={"ETag": etag})
-    return web.Response(body=body, content_type=JSON, headers={"ETag": etag})
 
 
 def _entity_tags(header: str) -> set[str]:
     return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
-
-
-async def configuration(request: web.Request) -> web.Response:
-    interval_ms = int(request.app[SETTINGS].refresh_interval * 1000)
-    return _reply(
-        {
-            "name": "flagpost",
-            "capabilities": {
-                "cacheInvalidation": {
-                    "polling": {"enabled": True, "minPollingIntervalMs": min(interval_ms, 60_000)}
-                },
-                "flagEvaluation": {
-                    "supportedTypes": ["boolean", "string", "int", "float", "object"]
-                },
-            },
-        }
-    )

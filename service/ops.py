@@ -8,6 +8,7 @@ import functools
 import hashlib
 import hmac
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -18,6 +19,9 @@ from service.errors import ApiError
 from service.keys import LIMITS, METRICS, REFRESHER, SETTINGS, STORE
 from service.store import DROPPED
 
+if TYPE_CHECKING:
+    from service.app import GuardedRouter
+
 __all__ = ["OPENAPI_PATH", "add_routes"]
 
 OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
@@ -27,14 +31,14 @@ STREAM_SEND_TIMEOUT = 5.0
 SIGNATURE_HEADER = "X-Flagpost-Signature"
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/v1/config", config)
-    app.router.add_get("/v1/config/stream", config_stream)
-    app.router.add_post("/v1/webhooks/refresh", refresh_webhook)
-    app.router.add_get("/openapi.json", openapi)
+def add_routes(router: GuardedRouter) -> None:
+    router.add("GET", "/healthz", healthz)
+    router.add("GET", "/readyz", readyz)
+    router.add("GET", "/metrics", metrics)
+    router.add("GET", "/v1/config", config)
+    router.add("GET", "/v1/config/stream", config_stream)
+    router.add("POST", "/v1/webhooks/refresh", refresh_webhook)
+    router.add("GET", "/openapi.json", openapi)
 
 
 def _json(data: object, status: int = 200) -> web.Response:

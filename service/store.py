@@ -33,6 +33,8 @@ class Snapshot:
     origin: str  # "source" or "cache"
     #: Serialized decisions, by id of the (shared, immutable) Decision; lives with the ruleset.
     encoded: dict[int, bytes] = field(default_factory=dict, compare=False)
+    #: The same as ``"flag":{decision}`` object members, for responses over many flags.
+    members: dict[int, bytes] = field(default_factory=dict, compare=False)
 
     def change_event(self) -> dict[str, Any]:
         return {

@@ -315,3 +315,31 @@ def test_any_context_decides_without_raising(context: dict[str, Any], visitor: s
     """Whatever attribute values a client sends, every flag gets a decision."""
     ruleset = rules.load(DEMO_PATH.read_bytes())
     assert set(ruleset.flag_keys) == set(ruleset.decide_all(visitor, context))
+
+
+def test_clock_reaches_flags_that_depend_on_a_scheduled_flag() -> None:
+    """Without `now`, a flag whose prerequisite (or segment) reads the clock still gets it."""
+    since_2000 = {"op": "after", "value": "2000-01-01T00:00:00Z"}
+
+    def on_when(condition: dict[str, Any]) -> dict[str, Any]:
+        rule = {"key": "r", "type": "targeted_delivery", "variation": "on", "condition": condition}
+        return {"variations": {"off": {}, "on": {}}, "default": "off", "rules": [rule]}
+
+    ruleset = rules.load(
+        {
+            "format": 1,
+            "segments": {"has_a": {"flag": "a", "variations": ["on"]}},
+            "flags": {
+                "a": on_when(since_2000),
+                "b": on_when({"flag": "a", "variations": ["on"]}),
+                "c": on_when({"segment": "has_a"}),
+                "d": on_when({"not": {"flag": "b", "variations": ["off"]}}),
+            },
+        }
+    )
+    assert {"a": "on", "b": "on", "c": "on", "d": "on"} == {
+        key: ruleset.decide(key, "v").variation for key in "abcd"
+    }
+    assert {"a": "on", "b": "on", "c": "on", "d": "on"} == {
+        key: decision.variation for key, decision in ruleset.decide_all("v").items()
+    }

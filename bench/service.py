@@ -1,0 +1,204 @@
+"""Load benchmark of the HTTP service: ``python bench/service.py [--seconds N]``.
+
+Needs wrk and hey (``apt-get install wrk hey``). Each server is one process pinned to core 0
+and the load generator runs on core 1, so a run compares like with like on a 2-core machine:
+
+1. single-flag ``POST /v1/flags/{flag}/decision`` against a bare aiohttp handler returning a
+   fixed JSON body, interleaved over rounds (best of each kept), and their ratio (target 0.85);
+2. ``POST /v1/decide`` over a generated 350-flag ruleset (target 3,000 requests/s);
+3. p99 latency at a constant 5,000 requests/s of single decisions (target 5 ms);
+4. the slowest request at a constant 1,000 requests/s while a 10,000-flag ruleset is swapped
+   in (target 20 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.generate import generate  # noqa: E402
+
+CONTEXT = {"geo": {"country": "FR"}, "device": "phone", "account_id": "acme-7"}
+BODY = json.dumps({"visitor_code": "alice", "context": CONTEXT})
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, nil,
+    '{"visitor_code":"v-' .. n .. '","context":{"geo":{"country":"FR"},"device":"phone","account_id":"acct-' .. (n % 997) .. '"}}')
+end
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def server(command: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run a server pinned to core 0 until the block ends."""
+    process = subprocess.Popen(
+        ["taskset", "-c", "0", *command],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{base}/readyz", timeout=1).close()
+                break
+            except OSError as error:
+                if getattr(error, "code", None) == 404:  # the bare server has no /readyz
+                    break
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+
+
+def flagpost(rules: Path, port: int, cache: Path, **extra: str) -> list[str]:
+    return [sys.executable, "-m", "service", "serve", "--port", str(port),
+            "--rules", str(rules), "--cache-dir", str(cache), "--log-level", "warning",
+            *[f"--{k.replace('_', '-')}={v}" for k, v in extra.items()]]  # fmt: skip
+
+
+def wrk(url: str, seconds: int, script: Path, connections: int = 32) -> dict[str, float]:
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+         "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rate, "non2xx": float(errors.group(1)) if errors else 0.0}
+
+
+def hey(url: str, seconds: int, rate: int, workers: int, body_file: Path) -> dict[str, float]:
+    out = subprocess.run(
+        ["taskset", "-c", "1", "hey", "-z", f"{seconds}s", "-c", str(workers),
+         "-q", str(rate // workers), "-m", "POST", "-T", "application/json", "-D", str(body_file), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+    def seconds_of(pattern: str) -> float:
+        return float(re.search(pattern, out).group(1))  # type: ignore[union-attr]
+
+    statuses = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", out))
+    return {
+        "rps": seconds_of(r"Requests/sec:\s+([\d.]+)"),
+        "p99_ms": seconds_of(r"99% in ([\d.]+) secs") * 1000,
+        "slowest_ms": seconds_of(r"Slowest:\s+([\d.]+) secs") * 1000,
+        "non200": float(sum(int(n) for code, n in statuses.items() if code != "200")),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10, help="length of each measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of case 1")
+    args = parser.parse_args()
+    for tool in ("wrk", "hey", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench/service.py needs {tool}: apt-get install wrk hey util-linux")
+    work = Path(tempfile.mkdtemp(prefix="flagpost-bench-"))
+    script, body = work / "post.lua", work / "body.json"
+    script.write_text(WRK_SCRIPT)
+    body.write_text(BODY)
+    demo = ROOT / "rules" / "examples" / "demo.json"
+    many = work / "350.json"
+    many.write_text(json.dumps(generate(350)))
+    results: dict[str, float] = {}
+
+    # 1. flagpost against the bare handler, interleaved.
+    bare_best = flag_best = 0.0
+    for _ in range(args.rounds):
+        port = free_port()
+        with server([sys.executable, str(ROOT / "bench" / "bare_server.py"), str(port)], port) as base:
+            bare_best = max(bare_best, wrk(f"{base}/decision", args.seconds, script)["rps"])
+        port = free_port()
+        with server(flagpost(demo, port, work / "cache"), port) as base:
+            measured = wrk(f"{base}/v1/flags/new_checkout/decision", args.seconds, script)
+            assert measured["non2xx"] == 0, "flagpost answered errors"
+            flag_best = max(flag_best, measured["rps"])
+    results["bare aiohttp handler, requests/s"] = bare_best
+    results["flagpost single decision, requests/s"] = flag_best
+
+    # 2. and 3. decide over 350 flags; p99 at a constant 5,000 requests/s.
+    port = free_port()
+    with server(flagpost(many, port, work / "cache"), port) as base:
+        decided = wrk(f"{base}/v1/decide", args.seconds, script)
+        assert decided["non2xx"] == 0
+        results["flagpost /v1/decide 350 flags, requests/s"] = decided["rps"]
+    port = free_port()
+    with server(flagpost(demo, port, work / "cache"), port) as base:
+        steady = hey(f"{base}/v1/flags/new_checkout/decision", args.seconds, 5000, 50, body)
+        results["constant 5,000/s: achieved requests/s"] = steady["rps"]
+        results["constant 5,000/s: p99 ms"] = steady["p99_ms"]
+
+    # 4. swap a 10,000-flag ruleset in while answering 1,000 requests/s.
+    live, big = work / "live.json", work / "big.json"
+    shutil.copy(demo, live)
+    big_doc = generate(10_000)
+    big_doc["revision"] = "big-10000"
+    big.write_text(json.dumps(big_doc))
+    port = free_port()
+    with server(flagpost(live, port, work / "cache", refresh_interval="0.2"), port) as base:
+        swapper = subprocess.Popen(
+            [sys.executable, "-c",
+             f"import time, os; time.sleep({args.seconds / 3}); os.replace({str(big)!r}, {str(live)!r})"]
+        )  # fmt: skip
+        during = hey(f"{base}/v1/flags/dark_mode/decision", args.seconds, 1000, 20, body)
+        swapper.wait()
+        with urllib.request.urlopen(f"{base}/v1/config") as reply:
+            swapped = json.loads(reply.read())["revision"] == "big-10000"
+        results["swap of 10,000 flags under 1,000/s: slowest ms"] = during["slowest_ms"]
+        results["swap of 10,000 flags under 1,000/s: p99 ms"] = during["p99_ms"]
+
+    ratio = results["flagpost single decision, requests/s"] / results["bare aiohttp handler, requests/s"]
+    print(f"python {sys.version.split()[0]}, {args.seconds}s per measurement, server on core 0, load on core 1")
+    for name, value in results.items():
+        print(f"{name:55} {value:>10,.1f}")
+    checks = [
+        ("single decision / bare handler", ratio, ratio >= 0.85, ">= 0.85"),
+        ("/v1/decide 350 flags requests/s", results["flagpost /v1/decide 350 flags, requests/s"],
+         results["flagpost /v1/decide 350 flags, requests/s"] >= 3000, ">= 3000"),
+        ("p99 at 5,000/s (ms)", results["constant 5,000/s: p99 ms"],
+         results["constant 5,000/s: p99 ms"] < 5 and results["constant 5,000/s: achieved requests/s"] >= 4900, "< 5"),
+        ("slowest during 10k-flag swap (ms)", results["swap of 10,000 flags under 1,000/s: slowest ms"],
+         swapped and results["swap of 10,000 flags under 1,000/s: slowest ms"] < 20, "< 20"),
+    ]  # fmt: skip
+    print()
+    for name, value, ok, target in checks:
+        print(f"{name:55} {value:>10,.2f}  target {target:8} {'ok' if ok else 'MISS'}")
+    if not swapped:
+        print("the 10,000-flag ruleset was not swapped in during the run")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
