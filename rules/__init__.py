@@ -24,7 +24,7 @@ from rules.errors import (
     VariableNotFound,
 )
 from rules.operators import to_instant
-from rules.ruleset import Ruleset, load
+from rules.ruleset import Ruleset, load, load_steps
 
 __all__ = [
     "BUCKETS",
@@ -41,5 +41,6 @@ __all__ = [
     "VariableNotFound",
     "bucket",
     "load",
+    "load_steps",
     "to_instant",
 ]

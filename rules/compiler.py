@@ -26,8 +26,9 @@ from rules.conditions import (
 )
 from rules.decision import Decision, Reason
 from rules.model import Document, Flag, Rule
+from rules.steps import Steps, finish
 
-__all__ = ["CompiledEnvironment", "Evaluator", "compile_document"]
+__all__ = ["CompiledEnvironment", "Evaluator", "compile_document", "compile_document_steps"]
 
 Attributes = Mapping[str, Any]
 Evaluator = Callable[[str, Attributes, "float | None"], Decision]
@@ -51,34 +52,56 @@ class CompiledEnvironment:
 
 def compile_document(document: Document) -> dict[str, CompiledEnvironment]:
     """Compile every flag of ``document`` for each of its environments."""
-    return {env: _compile_environment(document, env) for env in document.environments}
+    return finish(compile_document_steps(document))
 
 
-def _compile_environment(document: Document, env: str) -> CompiledEnvironment:
-    evaluators: dict[str, Evaluator] = {}
-    constants: dict[str, Decision] = {}
-    segments: dict[str, Predicate] = {}
+def compile_document_steps(document: Document) -> Steps[dict[str, CompiledEnvironment]]:
+    """``compile_document`` in steps: it yields after each flag of each environment."""
+    compiled: dict[str, CompiledEnvironment] = {}
+    for env in document.environments:
+        compiled[env] = yield from _compile_environment(document, env)
+    return compiled
 
-    def segment(name: str) -> Predicate:
-        if name not in segments:  # segments are acyclic (checked), so this recursion ends
-            segments[name] = compile_in_env(document.segments[name])
-        return segments[name]
 
-    def prerequisite(key: str) -> Callable[[str, Attributes, float | None], str]:
-        evaluate = evaluators[key]  # flags come prerequisites first, so it is compiled
+class _ConditionCompiler:
+    """Compiles the conditions of one environment, each segment once.
+
+    A small object rather than nested closures that call each other: such closures form a
+    reference cycle, which would keep a whole replaced ruleset alive until the cyclic garbage
+    collector ran (or forever, once the service freezes the heap).
+    """
+
+    def __init__(self, document: Document, evaluators: Mapping[str, Evaluator]) -> None:
+        self.document = document
+        self.evaluators = evaluators
+        self.segments: dict[str, Predicate] = {}
+
+    def segment(self, name: str) -> Predicate:
+        if name not in self.segments:  # segments are acyclic (checked), so this recursion ends
+            self.segments[name] = self.compile(self.document.segments[name])
+        return self.segments[name]
+
+    def prerequisite(self, key: str) -> Callable[[str, Attributes, float | None], str]:
+        evaluate = self.evaluators[key]  # flags come prerequisites first, so it is compiled
         return lambda unit, attrs, now: evaluate(unit, attrs, now).variation
 
-    def compile_in_env(condition: Condition) -> Predicate:
-        return compile_condition(condition, segment, prerequisite)
+    def compile(self, condition: Condition) -> Predicate:
+        return compile_condition(condition, self.segment, self.prerequisite)
 
+
+def _compile_environment(document: Document, env: str) -> Steps[CompiledEnvironment]:
+    evaluators: dict[str, Evaluator] = {}
+    constants: dict[str, Decision] = {}
+    conditions = _ConditionCompiler(document, evaluators)
     clocked: set[str] = set()
     for key, flag in document.flags.items():  # in prerequisite order
-        evaluate, constant = _compile_flag(flag, env, compile_in_env)
+        evaluate, constant = _compile_flag(flag, env, conditions.compile)
         evaluators[key] = evaluate
         if constant is not None:
             constants[key] = constant
         elif _reads_clock(flag.rules[env], document.segments, clocked):
             clocked.add(key)
+        yield
     dynamic = tuple((key, ev) for key, ev in evaluators.items() if key not in constants)
     return CompiledEnvironment(env, evaluators, constants, dynamic, frozenset(clocked))
 

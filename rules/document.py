@@ -15,8 +15,9 @@ from rules.conditions import Condition, FlagRef, Scope, SegmentRef, parse_condit
 from rules.errors import InvalidRuleset
 from rules.model import Document, Event, Flag, Rule, RuleType, Variable, Variation
 from rules.report import Report, describe, join, key_path
+from rules.steps import Steps, finish
 
-__all__ = ["FORMAT", "parse_document"]
+__all__ = ["FORMAT", "parse_document", "parse_document_steps"]
 
 FORMAT: Final = 1
 #: How long a chain of prerequisites (or of segments using segments) may be.
@@ -71,6 +72,11 @@ _VARIABLE_CHECKS: Final[dict[str, Callable[[Any], bool]]] = {
 
 def parse_document(data: object) -> Document:
     """Check a decoded document and return its validated model, or raise ``InvalidRuleset``."""
+    return finish(parse_document_steps(data))
+
+
+def parse_document_steps(data: object) -> Steps[Document]:
+    """``parse_document`` in steps: it yields after each segment and flag."""
     report = Report()
     top = report.mapping(data, "")
     if top is None:
@@ -82,25 +88,30 @@ def parse_document(data: object) -> Document:
         report.add("format", f"must be {FORMAT}, not {describe(top['format'])}")
     revision = _parse_revision(top.get("revision"), report)
     environments = _parse_environments(top.get("environments", ["production"]), report)
-    raw_segments = _members(top.get("segments", {}), "segments", report)
-    raw_flags = _members(top.get("flags", {}), "flags", report)
-    scope = Scope(frozenset(raw_segments), _flag_variations(raw_flags))
-    segments = {
-        name: condition
-        for name, raw in raw_segments.items()
-        if (condition := parse_condition(raw, key_path("segments", name), scope, report))
-    }
-    events = _parse_events(_members(top.get("events", {}), "events", report), report)
-    flags = {
-        key: flag
-        for key, raw in raw_flags.items()
-        if (flag := _parse_flag(key, raw, environments, scope, report)) is not None
-    }
-    _check_segment_cycles(segments, report)
-    order = _order_prerequisites(flags, segments, report)
+    raw_segments = yield from _members(top.get("segments", {}), "segments", report)
+    raw_flags = yield from _members(top.get("flags", {}), "flags", report)
+    scope = Scope(frozenset(raw_segments), (yield from _flag_variations(raw_flags)))
+    segments: dict[str, Condition] = {}
+    for name, raw in raw_segments.items():
+        condition = parse_condition(raw, key_path("segments", name), scope, report)
+        if condition is not None:
+            segments[name] = condition
+        yield
+    events = _parse_events((yield from _members(top.get("events", {}), "events", report)), report)
+    flags: dict[str, Flag] = {}
+    for key, raw in raw_flags.items():
+        flag = _parse_flag(key, raw, environments, scope, report)
+        if flag is not None:
+            flags[key] = flag
+        yield
+    yield from _check_segment_cycles(segments, report)
+    order = yield from _order_prerequisites(flags, segments, report)
     if report.problems:
         raise InvalidRuleset(report.problems)
-    return Document(revision, environments, segments, events, {key: flags[key] for key in order})
+    yield
+    ordered = {key: flags[key] for key in order}
+    yield
+    return Document(revision, environments, segments, events, ordered)
 
 
 def _parse_revision(value: object, report: Report) -> str | None:
@@ -126,20 +137,30 @@ def _parse_environments(value: object, report: Report) -> tuple[str, ...]:
     return tuple(names) or ("production",)
 
 
-def _members(value: object, path: str, report: Report) -> dict[str, Any]:
+#: How many keys a step checks in the passes over a whole section.
+_KEYS_PER_STEP = 256
+
+
+def _members(value: object, path: str, report: Report) -> Steps[dict[str, Any]]:
     """The well-keyed members of an object-valued section."""
     section = report.mapping(value, path)
-    if section is None:
-        return {}
-    return {key: raw for key, raw in section.items() if report.key(key, key_path(path, str(key)))}
+    members: dict[str, Any] = {}
+    for index, (key, raw) in enumerate((section or {}).items()):
+        if report.key(key, key_path(path, str(key))):
+            members[key] = raw
+        if index % _KEYS_PER_STEP == 0:
+            yield
+    return members
 
 
-def _flag_variations(raw_flags: Mapping[str, Any]) -> dict[str, frozenset[str]]:
+def _flag_variations(raw_flags: Mapping[str, Any]) -> Steps[dict[str, frozenset[str]]]:
     """Each flag's variation keys, read ahead so prerequisite conditions can be checked."""
     found: dict[str, frozenset[str]] = {}
-    for key, raw in raw_flags.items():
+    for index, (key, raw) in enumerate(raw_flags.items()):
         variations = raw.get("variations") if isinstance(raw, Mapping) else None
         found[key] = frozenset(variations) if isinstance(variations, Mapping) else frozenset()
+        if index % _KEYS_PER_STEP == 0:
+            yield
     return found
 
 
@@ -453,9 +474,9 @@ def _segment_edges(condition: Condition) -> set[str]:
     return {ref.name for ref in references(condition) if isinstance(ref, SegmentRef)}
 
 
-def _check_segment_cycles(segments: Mapping[str, Condition], report: Report) -> None:
+def _check_segment_cycles(segments: Mapping[str, Condition], report: Report) -> Steps[None]:
     graph = {name: _segment_edges(condition) for name, condition in segments.items()}
-    _order_graph(graph, "segments", "segment", report)
+    yield from _order_graph(graph, "segments", "segment", report)
 
 
 def _flag_edges(flag: Flag, segments: Mapping[str, Condition]) -> set[str]:
@@ -477,40 +498,55 @@ def _flag_edges(flag: Flag, segments: Mapping[str, Condition]) -> set[str]:
 
 def _order_prerequisites(
     flags: Mapping[str, Flag], segments: Mapping[str, Condition], report: Report
-) -> list[str]:
+) -> Steps[list[str]]:
     """Flag keys with every prerequisite before its dependants; cycles are reported."""
-    graph = {key: _flag_edges(flag, segments) & flags.keys() for key, flag in flags.items()}
-    return _order_graph(graph, "flags", "prerequisite", report)
+    graph: dict[str, set[str]] = {}
+    for key, flag in flags.items():
+        graph[key] = _flag_edges(flag, segments) & flags.keys()
+        yield
+    return (yield from _order_graph(graph, "flags", "prerequisite", report))
 
 
 def _order_graph(
     graph: Mapping[str, set[str]], section: str, what: str, report: Report
-) -> list[str]:
+) -> Steps[list[str]]:
     """Nodes with every dependency first. Cycles and chains longer than ``MAX_CHAIN`` are
     reported, which also bounds the recursion here and in compiled decisions."""
     depth: dict[str, int] = {}  # finished nodes: the length of their longest chain
     order: list[str] = []
-
-    def visit(node: str, path: list[str]) -> None:
-        path.append(node)
-        for nxt in sorted(graph.get(node, ())):
-            if nxt in path:
-                cycle = " -> ".join([*path[path.index(nxt) :], nxt])
-                report.add(key_path(section, nxt), f"{what} cycle: {cycle}")
-            elif nxt not in depth and len(path) <= MAX_CHAIN:
-                visit(nxt, path)
-        # A dependency still on the path is a cycle (reported above); one never reached was
-        # cut off by the length limit, so it counts as too long.
-        depth[node] = 1 + max(
-            (depth.get(nxt, 0 if nxt in path else MAX_CHAIN) for nxt in graph.get(node, ())),
-            default=0,
-        )
-        path.pop()
-        if depth[node] == MAX_CHAIN + 1:  # report where the chain first gets too long
-            report.add(key_path(section, node), f"{what} chain deeper than {MAX_CHAIN}")
-        order.append(node)
-
     for node in graph:
         if node not in depth:
-            visit(node, [])
+            _visit(node, [], graph, depth, order, section, what, report)
+        yield
     return order
+
+
+def _visit(
+    node: str,
+    path: list[str],
+    graph: Mapping[str, set[str]],
+    depth: dict[str, int],
+    order: list[str],
+    section: str,
+    what: str,
+    report: Report,
+) -> None:
+    """Depth first from ``node``, recording each node's longest chain once its dependencies
+    are done. (A module function: a nested recursive one would be a reference cycle.)"""
+    path.append(node)
+    for nxt in sorted(graph.get(node, ())):
+        if nxt in path:
+            cycle = " -> ".join([*path[path.index(nxt) :], nxt])
+            report.add(key_path(section, nxt), f"{what} cycle: {cycle}")
+        elif nxt not in depth and len(path) <= MAX_CHAIN:
+            _visit(nxt, path, graph, depth, order, section, what, report)
+    # A dependency still on the path is a cycle (reported above); one never reached was
+    # cut off by the length limit, so it counts as too long.
+    depth[node] = 1 + max(
+        (depth.get(nxt, 0 if nxt in path else MAX_CHAIN) for nxt in graph.get(node, ())),
+        default=0,
+    )
+    path.pop()
+    if depth[node] == MAX_CHAIN + 1:  # report where the chain first gets too long
+        report.add(key_path(section, node), f"{what} chain deeper than {MAX_CHAIN}")
+    order.append(node)

@@ -9,11 +9,12 @@ from time import time
 from types import MappingProxyType
 from typing import Any
 
-from xxhash import xxh3_128_hexdigest
+from xxhash import xxh3_128
 
-from rules.compiler import CompiledEnvironment, compile_document
+from rules.compiler import CompiledEnvironment, compile_document_steps
 from rules.decision import Decision
-from rules.document import parse_document
+from rules.decoding import decode_steps
+from rules.document import parse_document_steps
 from rules.errors import (
     MAX_VISITOR_CODE_LENGTH,
     FlagNotFound,
@@ -25,8 +26,9 @@ from rules.errors import (
     VariableNotFound,
 )
 from rules.model import Document, Event, Flag
+from rules.steps import Steps, finish
 
-__all__ = ["Ruleset", "load"]
+__all__ = ["Ruleset", "load", "load_steps"]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _MAX_CODE = MAX_VISITOR_CODE_LENGTH
@@ -38,47 +40,46 @@ def load(data: bytes | str | Mapping[str, Any]) -> Ruleset:
 
     Raises ``InvalidRuleset`` listing every problem when the document is not valid.
     """
-    decoded = _decode(data) if isinstance(data, (bytes, bytearray, str)) else data
+    return finish(load_steps(data))
+
+
+def load_steps(data: bytes | str | Mapping[str, Any]) -> Steps[Ruleset]:
+    """``load`` in small steps: decoding, validation and compilation yield between flags.
+
+    Nothing happens until the generator is advanced; drive it with ``next()`` and pause
+    between steps as you need (``rules.load`` runs it straight through). It returns the
+    ``Ruleset`` or raises ``InvalidRuleset``.
+    """
+    if isinstance(data, (bytes, bytearray, str)):
+        decoded = yield from decode_steps(data)
+    else:
+        decoded = data
     try:
-        document = parse_document(decoded)
+        document = yield from parse_document_steps(decoded)
     except RecursionError:
         raise InvalidRuleset([Problem("", "the document nests too deeply")]) from None
-    return Ruleset(document, document.revision or _content_revision(decoded))
+    compiled = yield from compile_document_steps(document)
+    revision = document.revision or (yield from _content_revision(decoded))
+    return Ruleset(document, revision, compiled)
 
 
-def _decode(data: bytes | bytearray | str) -> object:
-    duplicates: list[str] = []
-
-    def build_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        built: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in built:
-                duplicates.append(key)
-            built[key] = value
-        return built
-
-    def refuse_constant(name: str) -> None:
-        raise ValueError(f"{name} is not a JSON number")
-
-    try:
-        decoded = json.loads(data, object_pairs_hook=build_object, parse_constant=refuse_constant)
-    except json.JSONDecodeError as error:
-        where = f"line {error.lineno} column {error.colno}"
-        raise InvalidRuleset([Problem("", f"not valid JSON: {error.msg} ({where})")]) from None
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InvalidRuleset([Problem("", f"not valid JSON: {error}")]) from None
-    except RecursionError:
-        raise InvalidRuleset([Problem("", "the document nests too deeply")]) from None
-    if duplicates:
-        keys = ", ".join(sorted(set(map(repr, duplicates))))
-        raise InvalidRuleset([Problem("", f"duplicate keys in one object: {keys}")])
-    return decoded
+def _content_revision(decoded: Mapping[str, Any]) -> Steps[str]:
+    """A revision for a document that names none: a hash of its canonical JSON, member by
+    member (and flag by flag), so unchanged rules keep their revision."""
+    digest = xxh3_128()
+    for key in sorted(decoded):
+        value = decoded[key]
+        parts = sorted(value.items()) if isinstance(value, Mapping) else [("", value)]
+        digest.update(_canonical(key))
+        for name, part in parts:
+            digest.update(_canonical(name) + b":" + _canonical(part))
+            yield
+    return "sha-" + digest.hexdigest()[:16]
 
 
-def _content_revision(decoded: object) -> str:
-    """A revision for a document that names none: a hash of its canonical JSON."""
-    canonical = json.dumps(decoded, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha-" + xxh3_128_hexdigest(canonical.encode("utf-8", "surrogatepass"))[:16]
+def _canonical(value: Any) -> bytes:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "surrogatepass")
 
 
 class Ruleset:
@@ -94,13 +95,14 @@ class Ruleset:
         "revision",
     )
 
-    def __init__(self, document: Document, revision: str) -> None:
+    def __init__(
+        self, document: Document, revision: str, compiled: Mapping[str, CompiledEnvironment]
+    ) -> None:
         self._document = document
         self.revision = revision
         self.environments: tuple[str, ...] = document.environments
         self.flag_keys: tuple[str, ...] = tuple(sorted(document.flags))
         self.events: Mapping[str, Event] = MappingProxyType(dict(document.events))
-        compiled = compile_document(document)
         self._default = compiled[document.environments[0]]
         self._by_name: dict[str | None, CompiledEnvironment] = {None: self._default}
         self._by_name.update(compiled)
