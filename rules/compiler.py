@@ -22,6 +22,7 @@ from rules.conditions import (
     SegmentRef,
     attribute_getter,
     compile_condition,
+    memoized_segment,
     walk,
 )
 from rules.decision import Decision, Reason
@@ -78,7 +79,8 @@ class _ConditionCompiler:
 
     def segment(self, name: str) -> Predicate:
         if name not in self.segments:  # segments are acyclic (checked), so this recursion ends
-            self.segments[name] = self.compile(self.document.segments[name])
+            compiled = self.compile(self.document.segments[name])
+            self.segments[name] = memoized_segment(name, compiled)
         return self.segments[name]
 
     def prerequisite(self, key: str) -> Callable[[str, Attributes, float | None], str]:
@@ -168,8 +170,10 @@ def _compile_flag(
     if _applies_to_everyone(first) and (first.variation or len(_shares(first)) == 1):
         variation = first.variation or _shares(first)[0][0]
         return _constant(decisions.make(variation, first, Reason.STATIC))
-    steps = tuple(_compile_rule(rule, decisions, compile_in_env) for rule in rules)
     default = decisions.make(flag.default, None, Reason.DEFAULT)
+    if len(rules) == 1 and _is_plain_rollout(first):
+        return _compile_rollout(first, decisions, default), None
+    steps = tuple(_compile_rule(rule, decisions, compile_in_env) for rule in rules)
     if len(steps) == 1:
         only = steps[0]
         return (lambda unit, attrs, now: only(unit, attrs, now) or default), None
@@ -182,6 +186,22 @@ def _compile_flag(
         return default
 
     return evaluate, None
+
+
+def _is_plain_rollout(rule: Rule) -> bool:
+    return rule.condition is None and rule.bucket_by is None and rule.variation is not None
+
+
+def _compile_rollout(rule: Rule, decisions: _Decisions, default: Decision) -> Evaluator:
+    """A flag that is just a percentage rollout, the commonest kind, as a single closure:
+    one call per decision instead of three."""
+    prefix, exposure = rule.exposure_salt + SEPARATOR, rule.exposure
+    inside = decisions.make(rule.variation, rule, Reason.SPLIT)  # type: ignore[arg-type]
+
+    def evaluate(unit: str, attrs: Attributes, now: float | None) -> Decision:
+        return inside if bucket_prefixed(prefix, unit) < exposure else default
+
+    return evaluate
 
 
 def _constant(decision: Decision) -> tuple[Evaluator, Decision]:

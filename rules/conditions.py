@@ -24,6 +24,7 @@ from rules.operators import MISSING, OPERATORS, Test
 from rules.report import Report, describe, join, key_path
 
 __all__ = [
+    "SEGMENT_MEMO",
     "AllOf",
     "AnyOf",
     "Condition",
@@ -35,6 +36,8 @@ __all__ = [
     "SegmentRef",
     "attribute_getter",
     "compile_condition",
+    "memoize_segments",
+    "memoized_segment",
     "parse_condition",
     "references",
     "walk",
@@ -42,6 +45,44 @@ __all__ = [
 
 Predicate = Callable[[str, Mapping[str, Any], "float | None"], bool]
 MAX_DEPTH: Final = 32
+
+
+class _SegmentMemo:
+    """The attribute key under which ``memoize_segments`` keeps segment results. Not a
+    string, so no attribute from JSON can collide with it."""
+
+    __slots__ = ()
+
+
+SEGMENT_MEMO: Final = _SegmentMemo()
+
+
+def memoize_segments(attrs: Mapping[str, Any]) -> dict[Any, Any]:
+    """A copy of ``attrs`` in which each segment is evaluated at most once.
+
+    Within one ``decide_all`` a segment's answer cannot change (it depends on the visitor,
+    the attributes and the time only), yet many flags may target it.
+    """
+    memoized: dict[Any, Any] = dict(attrs)
+    memoized[SEGMENT_MEMO] = {}
+    return memoized
+
+
+def memoized_segment(name: str, predicate: Predicate) -> Predicate:
+    """``predicate`` for segment ``name``, answered from the memo when the attributes carry one."""
+
+    def segment(unit: str, attrs: Mapping[str, Any], now: float | None) -> bool:
+        memo = attrs.get(SEGMENT_MEMO)  # type: ignore[call-overload]
+        if memo is None:
+            return predicate(unit, attrs, now)
+        found: bool | None = memo.get(name)
+        if found is None:
+            found = memo[name] = predicate(unit, attrs, now)
+        return found
+
+    return segment
+
+
 _LEAF_FIELDS = frozenset({"attr", "op", "value", "description"})
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from xxhash import xxh3_128
 
 from rules.compiler import CompiledEnvironment, compile_document_steps
+from rules.conditions import memoize_segments
 from rules.decision import Decision
 from rules.decoding import decode_steps
 from rules.document import parse_document_steps
@@ -163,6 +164,25 @@ class Ruleset:
             decisions[key] = evaluate(visitor_code, attrs, moment)
         return decisions
 
+    def constant_decisions(self, environment: str | None = None) -> Mapping[str, Decision]:
+        """The decisions that are the same for every visitor in this environment (flags that
+        are disabled or have no rule depending on the visitor), keyed by flag. A caller may
+        cache whatever it derives from them for as long as it keeps this ruleset."""
+        return MappingProxyType(self._environment(environment).constants)
+
+    def decide_varying(
+        self,
+        visitor_code: str,
+        context: Mapping[str, Any] | None = None,
+        environment: str | None = None,
+        now: Now = None,
+    ) -> dict[str, Decision]:
+        """The visitor's decisions for every flag *not* in ``constant_decisions``; together
+        they are ``decide_all``."""
+        env = self._environment(environment)
+        attrs, moment = self._check(visitor_code, context, now, env.clocked)
+        return {key: evaluate(visitor_code, attrs, moment) for key, evaluate in env.dynamic}
+
     def variable(
         self,
         flag_key: str,
@@ -221,6 +241,8 @@ class Ruleset:
             context = _EMPTY
         elif not isinstance(context, Mapping):
             raise InvalidContext(context)
+        if self._document.segments:  # many flags, few segments: evaluate each segment once
+            context = memoize_segments(context)
         if now is None:
             return context, time() if clocked else None
         return context, _seconds(now)

@@ -10,6 +10,7 @@ on the application per request costs more than a decision does.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -125,8 +126,16 @@ class Serving:
         ruleset = snapshot.ruleset
         environment = query.environment or self.environment
         errors: dict[str, Any] = {}
-        if query.flags is None:
-            decisions = ruleset.decide_all(query.visitor_code, query.context, environment)
+        if query.flags is None:  # every flag: the part that is the same for all is ready-made
+            constant, reasons = self._constant_part(snapshot, environment, query.active_only)
+            decisions = ruleset.decide_varying(query.visitor_code, query.context, environment)
+            if query.active_only:
+                decisions = {key: d for key, d in decisions.items() if d.active}
+            self.tally.update(reasons)
+            self.metrics.count_decisions(decisions.values())
+            varying = members(snapshot, decisions)
+            joined = constant + b"," + varying if constant and varying else constant or varying
+            return self._decide_response(query, ruleset.revision, joined, errors)
         else:
             decisions = {}
             for key in query.flags:  # a flag removed from the rules must not fail the others
@@ -139,10 +148,35 @@ class Serving:
         if query.active_only:
             decisions = {key: d for key, d in decisions.items() if d.active}
         self.metrics.count_decisions(decisions.values())
-        head = orjson.dumps({"visitor_code": query.visitor_code, "revision": ruleset.revision})
+        return self._decide_response(query, ruleset.revision, members(snapshot, decisions), errors)
+
+    @staticmethod
+    def _decide_response(
+        query: DecisionQuery, revision: str, joined: bytes, errors: dict[str, Any]
+    ) -> web.Response:
+        head = orjson.dumps({"visitor_code": query.visitor_code, "revision": revision})
         tail = b',"errors":' + orjson.dumps(errors) if errors else b""
-        body = head[:-1] + b',"decisions":{' + members(snapshot, decisions) + b"}" + tail + b"}"
+        body = head[:-1] + b',"decisions":{' + joined + b"}" + tail + b"}"
         return web.Response(body=body, content_type=JSON)
+
+    @staticmethod
+    def _constant_part(
+        snapshot: Snapshot, environment: str | None, active_only: bool
+    ) -> tuple[bytes, Counter[str]]:
+        """The encoded members and reason counts of the flags that answer everyone alike,
+        built once per snapshot, environment and active_only."""
+        key = (environment, active_only)
+        part = snapshot.constant_parts.get(key)
+        if part is None:
+            constants = {
+                flag: decision
+                for flag, decision in snapshot.ruleset.constant_decisions(environment).items()
+                if decision.active or not active_only
+            }
+            reasons = Counter(str(decision.reason) for decision in constants.values())
+            part = (members(snapshot, constants), reasons)
+            snapshot.constant_parts[key] = part
+        return part
 
     async def list_flags(self, request: web.Request) -> web.Response:
         ruleset = self.snapshot().ruleset
@@ -175,10 +209,12 @@ def members(snapshot: Snapshot, decisions: dict[str, rules.Decision]) -> bytes:
     """``"key":{decision}`` members joined by commas, each built once per snapshot."""
     cache = snapshot.members
     found = list(map(cache.get, map(id, decisions.values())))  # C loops, no Python per item
-    if None in found:
+    try:
+        return b",".join(found)  # type: ignore[arg-type]
+    except TypeError:  # some not built yet (a None in the list): build them, once
         for index, decision in enumerate(decisions.values()):
             if found[index] is None:  # keys are JSON-safe (the format's key pattern)
                 found[index] = cache[id(decision)] = (
                     b'"' + decision.flag.encode() + b'":' + encoded(snapshot, decision)
                 )
-    return b",".join(found)  # type: ignore[arg-type]
+        return b",".join(found)  # type: ignore[arg-type]

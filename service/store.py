@@ -10,6 +10,7 @@ import asyncio
 import os
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,10 @@ class Snapshot:
     encoded: dict[int, bytes] = field(default_factory=dict, compare=False)
     #: The same as ``"flag":{decision}`` object members, for responses over many flags.
     members: dict[int, bytes] = field(default_factory=dict, compare=False)
+    #: Per (environment, active_only): the constant decisions' members and reason counts.
+    constant_parts: dict[tuple[str | None, bool], tuple[bytes, Counter[str]]] = field(
+        default_factory=dict, compare=False
+    )
 
     def change_event(self) -> dict[str, Any]:
         return {

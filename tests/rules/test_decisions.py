@@ -343,3 +343,16 @@ def test_clock_reaches_flags_that_depend_on_a_scheduled_flag() -> None:
     assert {"a": "on", "b": "on", "c": "on", "d": "on"} == {
         key: decision.variation for key, decision in ruleset.decide_all("v").items()
     }
+
+
+@pytest.mark.parametrize("environment", [None, "staging", "development"])
+def test_constant_and_varying_decisions_make_up_decide_all(
+    demo: rules.Ruleset, environment: str | None
+) -> None:
+    """constant_decisions and decide_varying split decide_all without overlap or gap."""
+    constant = demo.constant_decisions(environment)
+    assert {Reason.STATIC, Reason.DISABLED} >= {d.reason for d in constant.values()}
+    for visitor in visitors(30):
+        varying = demo.decide_varying(visitor, FRENCH_PHONE, environment)
+        assert not set(constant) & set(varying)
+        assert demo.decide_all(visitor, FRENCH_PHONE, environment) == {**constant, **varying}

@@ -27,7 +27,11 @@ def saved_garbage() -> Iterator[list[object]]:
 
 @pytest.mark.parametrize(
     "data",
-    [DEMO_PATH.read_bytes(), json.dumps(generate(300)).encode(), b'{"format": 1, "flags": {"x": 1}}'],
+    [
+        DEMO_PATH.read_bytes(),
+        json.dumps(generate(300)).encode(),
+        b'{"format": 1, "flags": {"x": 1}}',
+    ],
     ids=["demo", "generated", "invalid"],
 )
 def test_loading_and_dropping_a_ruleset_leaves_no_cycles(
