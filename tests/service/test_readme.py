@@ -13,7 +13,9 @@ README = (ROOT / "README.md").read_text()
 def test_every_setting_is_documented_with_its_flag() -> None:
     """Each FLAGPOST_* variable has a README row naming its command-line flag."""
     rows = dict(re.findall(r"^\| `(FLAGPOST_[A-Z_]+)` \| `(--[a-z-]+)` \|", README, re.M))
-    expected = {variable: f"--{name.replace('_', '-')}" for name, variable, _, _ in Settings.describe()}
+    expected = {
+        variable: f"--{name.replace('_', '-')}" for name, variable, _, _ in Settings.describe()
+    }
     assert expected == rows
 
 
