@@ -1,4 +1,4 @@
-"""``python -m service`` runs the ``flagpost`` command."""
+"""``python -m service`` runs the ``flagpost`` command; with no arguments, ``serve``."""
 
 from __future__ import annotations
 
@@ -6,4 +6,4 @@ import sys
 
 from service.cli import main
 
-sys.exit(main())
+sys.exit(main(sys.argv[1:] or ["serve"]))

@@ -136,7 +136,9 @@ class GuardedRouter:
             request_id = request.headers.get("X-Request-Id")
             if request_id is None or not _ACCEPTABLE_REQUEST_ID.fullmatch(request_id):
                 request_id = f"{_PROCESS_PREFIX}-{next(_COUNTER):x}"
-            token = REQUEST_ID.set(request_id)
+            # Not reset afterwards: aiohttp writes the access log line (when enabled) after the
+            # handler returns, and it should carry the id too. The next request overwrites it.
+            REQUEST_ID.set(request_id)
             try:
                 if needs_key and not _has_key(request, keys):
                     raise ApiError(401, "UNAUTHORIZED", "a valid API key is required")
@@ -153,8 +155,6 @@ class GuardedRouter:
             except Exception:
                 log.exception("request_failed", path=request.path, method=request.method)
                 response = error_response(ApiError(500, "INTERNAL", "an internal error occurred"))
-            finally:
-                REQUEST_ID.reset(token)
             if not response.prepared:
                 response.headers["X-Request-Id"] = request_id
             stats.record(route, request.method, response.status, perf_counter() - started)

@@ -56,15 +56,15 @@ class RequestStats(Collector):
 
     def __init__(self) -> None:
         self.answered: dict[tuple[str, str, int], int] = {}
-        #: Per (route, method): a count per bucket (the last is +Inf), then the sum of seconds.
-        self.durations: dict[tuple[str, str], list[float]] = {}
+        #: Per (route, method, status): a count per bucket (the last is +Inf), then the sum.
+        self.durations: dict[tuple[str, str, int], list[float]] = {}
 
     def record(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
         self.answered[key] = self.answered.get(key, 0) + 1
-        histogram = self.durations.get((route, method))
+        histogram = self.durations.get(key)
         if histogram is None:
-            histogram = self.durations[(route, method)] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+            histogram = self.durations[key] = [0.0] * (len(LATENCY_BUCKETS) + 2)
         histogram[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         histogram[-1] += seconds
 
@@ -79,17 +79,17 @@ class RequestStats(Collector):
         yield answered
         durations = HistogramMetricFamily(
             "flagpost_http_request_duration_seconds",
-            "Time to answer an HTTP request, by route and method.",
-            labels=["route", "method"],
+            "Time to answer an HTTP request, by route, method and status.",
+            labels=["route", "method", "status"],
         )
         bounds = [str(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
-        for (route, method), histogram in sorted(self.durations.items()):
+        for (route, method, status), histogram in sorted(self.durations.items()):
             cumulative: list[tuple[str, float]] = []
             running = 0.0
             for bound, in_bucket in zip(bounds, histogram[:-1], strict=True):
                 running += in_bucket
                 cumulative.append((bound, running))
-            durations.add_metric([route, method], cumulative, sum_value=histogram[-1])
+            durations.add_metric([route, method, str(status)], cumulative, sum_value=histogram[-1])
         yield durations
 
 

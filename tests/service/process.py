@@ -43,12 +43,13 @@ def service_env(tmp: Path, rules: dict[str, Any] | Path, port: int, **extra: str
 
 @contextmanager
 def running_service(tmp: Path, rules: dict[str, Any] | Path, **extra: str) -> Iterator[str]:
-    """Start ``python -m service serve``; yield its base URL once ready; stop it with SIGTERM."""
+    """Start ``python -m service`` (which serves by default); yield its base URL once ready;
+    stop it with SIGTERM."""
     port = free_port()
     log = tmp / "flagpost.log"  # a file, not a pipe: an unread pipe could block the server
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve"],
+            [sys.executable, "-m", "service"],
             env=service_env(tmp, rules, port, **extra),
             stdout=output,
             stderr=subprocess.STDOUT,

@@ -207,3 +207,19 @@ async def test_large_swap_is_atomic_while_serving(start: AppFactory, tmp_path: P
             if body["revision"] == "large":
                 assert {"on"} == variations
         assert {"generated-10000-1", "large"} == seen
+
+
+async def test_backoff_doubles_from_one_second_up_to_the_interval(tmp_path: Path) -> None:
+    """After failures the next try comes after 1 s, 2 s, 4 s ... never later than the interval."""
+    from service.refresher import Refresher
+    from service.sources import FileSource
+    from service.store import DiskCache, RulesStore
+
+    source = FileSource(str(tmp_path / "missing.json"))
+    refresher = Refresher(source, RulesStore("x"), DiskCache(str(tmp_path)), interval=10.0)
+    delays = []
+    for _ in range(6):
+        await refresher.refresh()  # fails: the file does not exist
+        delays.append(refresher._next_delay())
+    for expected, delay in zip([1, 2, 4, 8, 10, 10], delays, strict=True):
+        assert expected * 0.8 <= delay <= expected * 1.2

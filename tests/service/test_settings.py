@@ -94,9 +94,10 @@ def test_busy_port_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    """The real process serves the bundled rules and exits 0 on SIGTERM, logging JSON."""
+    """The real process serves the bundled rules and exits 0 on SIGTERM, logging JSON (the
+    access log, when asked for, with the request id)."""
     port = free_port()
-    env = service_env(tmp_path, DEMO, port, FLAGPOST_LOG_LEVEL="info")
+    env = service_env(tmp_path, DEMO, port, FLAGPOST_LOG_LEVEL="info", FLAGPOST_ACCESS_LOG="yes")
     env.pop("FLAGPOST_RULES")  # the default: the bundled example rules
     log = tmp_path / "out.log"
     with log.open("wb") as output:
@@ -107,7 +108,10 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     try:
         wait_ready(f"http://127.0.0.1:{port}", process, log)
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/decide", data=b'{"visitor_code": "alice"}', method="POST"
+            f"http://127.0.0.1:{port}/v1/decide",
+            data=b'{"visitor_code": "alice"}',
+            method="POST",
+            headers={"X-Request-Id": "trace-me-42"},
         )
         with urllib.request.urlopen(request, timeout=5) as response:
             assert 7 == len(json.loads(response.read())["decisions"])
@@ -115,14 +119,11 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=20)
     assert 0 == code
-    events = [
-        json.loads(line)["event"] for line in log.read_text().splitlines() if line.startswith("{")
-    ]
-    assert ["flagpost_starting", "rules_loaded", "flagpost_listening", "flagpost_stopped"] == [
-        e
-        for e in events
-        if e in ("flagpost_starting", "rules_loaded", "flagpost_listening", "flagpost_stopped")
-    ]
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    lifecycle = ("flagpost_starting", "rules_loaded", "flagpost_listening", "flagpost_stopped")
+    assert list(lifecycle) == [line["event"] for line in lines if line["event"] in lifecycle]
+    access = [line for line in lines if line.get("logger") == "flagpost.access"]
+    assert "trace-me-42" in {line.get("request_id") for line in access}
 
 
 def test_running_service_helper_serves_given_rules(tmp_path: Path) -> None:
