@@ -356,3 +356,16 @@ def test_constant_and_varying_decisions_make_up_decide_all(
         varying = demo.decide_varying(visitor, FRENCH_PHONE, environment)
         assert not set(constant) & set(varying)
         assert demo.decide_all(visitor, FRENCH_PHONE, environment) == {**constant, **varying}
+
+
+@pytest.mark.parametrize("visitor", ["plain-visitor", "élodie ✓ 日本", "\ud800lone", "x" * 255])
+def test_decide_all_agrees_with_decide_for_any_visitor_code(visitor: str) -> None:
+    """The batched rollouts of decide_all hash exactly as decide does, whatever the code."""
+    from bench.generate import generate
+
+    ruleset = rules.load(generate(400, seed=3))
+    every = ruleset.decide_all(visitor, {"geo": {"country": "FR"}, "device": "phone"})
+    for key, decision in every.items():
+        assert decision == ruleset.decide(
+            key, visitor, {"geo": {"country": "FR"}, "device": "phone"}
+        )
