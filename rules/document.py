@@ -61,6 +61,8 @@ def _is_json(value: object, depth: int = 0) -> bool:
     return False
 
 
+_VARIABLE_FIELDS = frozenset({"type", "default", "description"})
+_VARIATION_FIELDS = frozenset({"id", "value", "variables", "description"})
 _VARIABLE_CHECKS: Final[dict[str, Callable[[Any], bool]]] = {
     "boolean": lambda v: type(v) is bool,
     "integer": lambda v: type(v) is int,
@@ -266,12 +268,7 @@ def _parse_flag_environments(
 def _parse_variables(raw: object, path: str, report: Report) -> dict[str, Variable]:
     node = report.mapping(raw, path)
     variables: dict[str, Variable] = {}
-    for key, spec in (node or {}).items():
-        here = key_path(path, str(key))
-        entry = report.mapping(spec, here) if report.key(key, here) else None
-        if entry is None:
-            continue
-        report.fields(entry, here, frozenset({"type", "default", "description"}))
+    for key, here, entry in report.entries(node, path, _VARIABLE_FIELDS):
         kind = entry.get("type")
         if kind not in _VARIABLE_CHECKS:
             report.add(
@@ -297,12 +294,7 @@ def _parse_variations(
     if node is not None and not node:
         report.add(path, "must declare at least one variation")
     variations: dict[str, Variation] = {}
-    for key, spec in (node or {}).items():
-        here = key_path(path, str(key))
-        entry = report.mapping(spec, here) if report.key(key, here) else None
-        if entry is None:
-            continue
-        report.fields(entry, here, frozenset({"id", "value", "variables", "description"}))
+    for key, here, entry in report.entries(node, path, _VARIATION_FIELDS):
         overrides = report.mapping(entry.get("variables", {}), key_path(here, "variables")) or {}
         for name, value in overrides.items():
             spot = key_path(key_path(here, "variables"), str(name))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from rules.errors import Problem
@@ -50,6 +50,18 @@ class Report:
             if name not in allowed:
                 expected = ", ".join(sorted(allowed))
                 self.add(key_path(path, str(name)), f"unknown field (expected one of: {expected})")
+
+    def entries(
+        self, section: Mapping[str, Any] | None, path: str, allowed: frozenset[str]
+    ) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
+        """(key, path, entry) of each well-keyed object member of ``section`` whose value is
+        an object; bad keys, non-objects and unknown fields are recorded on the way."""
+        for key, spec in (section or {}).items():
+            here = key_path(path, str(key))
+            entry = self.mapping(spec, here) if self.key(key, here) else None
+            if entry is not None:
+                self.fields(entry, here, allowed)
+                yield key, here, entry
 
     def key(self, key: object, path: str) -> bool:
         """Whether ``key`` is a well-formed key; records a problem when it is not."""

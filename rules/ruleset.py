@@ -159,12 +159,7 @@ class Ruleset:
     ) -> dict[str, Decision]:
         """The visitor's decisions for every flag, keyed by flag key, all at one instant."""
         env = self._environment(environment)
-        attrs, moment = self._check(visitor_code, context, now, env.clocked)
-        decisions = dict(env.constants)
-        _decide_rollouts(env, visitor_code, decisions)
-        for key, evaluate in env.dynamic:
-            decisions[key] = evaluate(visitor_code, attrs, moment)
-        return decisions
+        return self._decide_varying_into(dict(env.constants), env, visitor_code, context, now)
 
     def constant_decisions(self, environment: str | None = None) -> Mapping[str, Decision]:
         """The decisions that are the same for every visitor in this environment (flags that
@@ -182,8 +177,17 @@ class Ruleset:
         """The visitor's decisions for every flag *not* in ``constant_decisions``; together
         they are ``decide_all``."""
         env = self._environment(environment)
+        return self._decide_varying_into({}, env, visitor_code, context, now)
+
+    def _decide_varying_into(
+        self,
+        decisions: dict[str, Decision],
+        env: CompiledEnvironment,
+        visitor_code: str,
+        context: Mapping[str, Any] | None,
+        now: Now,
+    ) -> dict[str, Decision]:
         attrs, moment = self._check(visitor_code, context, now, env.clocked)
-        decisions: dict[str, Decision] = {}
         _decide_rollouts(env, visitor_code, decisions)
         for key, evaluate in env.dynamic:
             decisions[key] = evaluate(visitor_code, attrs, moment)
