@@ -123,7 +123,12 @@ class GuardedRouter:
                 match, methods = await resource.resolve(request)
                 allowed |= methods if match is None else set()
             if allowed:
-                raise ApiError(405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed here")
+                raise ApiError(
+                    405,
+                    "METHOD_NOT_ALLOWED",
+                    f"{request.method} is not allowed here",
+                    headers={"Allow": ", ".join(sorted(allowed))},
+                )
             raise ApiError(404, "NOT_FOUND", f"no such resource: {request.path}")
 
         router.add_route("*", "/{unmatched:.*}", self._guard("unmatched", unmatched, False))
@@ -182,5 +187,5 @@ def _has_key(request: web.Request, keys: tuple[bytes, ...]) -> bool:
 
 def _headers_for(error: ApiError, request: web.Request) -> dict[str, str] | None:
     if error.status == 401:
-        return {"WWW-Authenticate": 'Bearer realm="flagpost"'}
-    return None
+        return {"WWW-Authenticate": 'Bearer realm="flagpost"', **error.headers}
+    return error.headers or None

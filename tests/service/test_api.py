@@ -223,6 +223,7 @@ async def test_unknown_route_and_method_answer_json(api: Api) -> None:
     wrong = await api.call("DELETE", "/v1/decide")
     assert (404, "NOT_FOUND") == (missing.status, missing.body["error"]["code"])
     assert (405, "METHOD_NOT_ALLOWED") == (wrong.status, wrong.body["error"]["code"])
+    assert "POST" == wrong.headers["Allow"]
 
 
 async def test_caller_request_id_is_echoed(api: Api) -> None:
