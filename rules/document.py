@@ -110,9 +110,11 @@ def parse_document_steps(data: object) -> Steps[Document]:
     order = yield from _order_prerequisites(flags, segments, report)
     if report.problems:
         raise InvalidRuleset(report.problems)
-    yield
-    ordered = {key: flags[key] for key in order}
-    yield
+    ordered: dict[str, Flag] = {}
+    for index, key in enumerate(order):
+        ordered[key] = flags[key]
+        if index % _KEYS_PER_STEP == 0:
+            yield
     return Document(revision, environments, segments, events, ordered)
 
 
