@@ -92,32 +92,37 @@ class Serving:
         self.tally[decision.reason] += 1
         return web.Response(body=encoded(snapshot, decision), content_type=JSON)
 
-    async def is_active(self, request: web.Request) -> web.Response:
+    async def _decision(self, request: web.Request, variable: str | None = None) -> rules.Decision:
+        """The visitor's counted decision for the flag in the path (``decide_one`` does the
+        same inline: it is the hottest route). ``variable`` must be one of the flag's."""
         query = await self.query(request)
-        decision = self.snapshot().ruleset.decide(
-            request.match_info["flag"],
-            query.visitor_code,
-            query.context,
-            query.environment or self.environment,
+        ruleset = self.snapshot().ruleset
+        flag = request.match_info["flag"]
+        if variable is not None and variable not in ruleset.flag(flag).variables:
+            raise rules.VariableNotFound(flag, variable)
+        decision = ruleset.decide(
+            flag, query.visitor_code, query.context, query.environment or self.environment
         )
         self.tally[decision.reason] += 1
+        return decision
+
+    async def is_active(self, request: web.Request) -> web.Response:
+        decision = await self._decision(request)
         return _json(
             {"flag": decision.flag, "active": decision.active, "variation": decision.variation}
         )
 
     async def variable_value(self, request: web.Request) -> web.Response:
-        query = await self.query(request)
-        ruleset = self.snapshot().ruleset
-        flag, name = request.match_info["flag"], request.match_info["variable"]
-        if name not in ruleset.flag(flag).variables:
-            raise rules.VariableNotFound(flag, name)
-        decision = ruleset.decide(
-            flag, query.visitor_code, query.context, query.environment or self.environment
-        )
-        self.tally[decision.reason] += 1
+        name = request.match_info["variable"]
+        decision = await self._decision(request, variable=name)
         value = decision.variables[name]
         return _json(
-            {"flag": flag, "variable": name, "value": value, "variation": decision.variation}
+            {
+                "flag": decision.flag,
+                "variable": name,
+                "value": value,
+                "variation": decision.variation,
+            }
         )
 
     async def decide_many(self, request: web.Request) -> web.Response:

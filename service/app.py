@@ -45,13 +45,13 @@ _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LA
 
 def create_app(settings: Settings) -> web.Application:
     """Build the application; nothing is read, fetched or started until it runs."""
-    store = RulesStore(_source_description(settings))
-    metrics = Metrics(store)
-    app = web.Application(client_max_size=settings.max_body)
-    router = GuardedRouter(app, settings, metrics.requests)
     source = open_source(
         settings.rules, timeout=settings.rules_timeout, authorization=settings.rules_auth
     )
+    store = RulesStore(source.description)
+    metrics = Metrics(store)
+    app = web.Application(client_max_size=settings.max_body)
+    router = GuardedRouter(app, settings, metrics.requests)
     app[SETTINGS] = settings
     app[STORE] = store
     app[METRICS] = metrics
@@ -71,10 +71,6 @@ def create_app(settings: Settings) -> web.Application:
     ops.add_routes(router)
     router.add_fallback()
     return app
-
-
-def _source_description(settings: Settings) -> str:
-    return open_source(settings.rules, timeout=1, authorization=None).description
 
 
 async def _rules_context(app: web.Application) -> AsyncIterator[None]:

@@ -122,8 +122,5 @@ class Metrics:
     def count_decisions(self, decisions: Iterable[Decision]) -> None:
         self.decision_tally.update(map(_REASON, decisions))  # counted in C, not per-item Python
 
-    def count_decision(self, reason: str) -> None:
-        self.decision_tally[reason] += 1
-
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

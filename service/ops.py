@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.errors import ApiError
 from service.keys import LIMITS, METRICS, REFRESHER, SETTINGS, STORE
+from service.payloads import read_body
 from service.store import DROPPED
 
 if TYPE_CHECKING:
@@ -104,13 +105,7 @@ async def refresh_webhook(request: web.Request) -> web.Response:
     secret = request.app[SETTINGS].webhook_secret
     if secret is None:
         raise ApiError(404, "NOT_FOUND", "the refresh webhook is not enabled")
-    limits = request.app[LIMITS]
-    if (request.content_length or 0) > limits.max_body:
-        raise ApiError(413, "PAYLOAD_TOO_LARGE", f"the body is larger than {limits.max_body} bytes")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "PAYLOAD_TOO_LARGE", "the body is too large") from None
+    body = await read_body(request, request.app[LIMITS])
     expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     offered = request.headers.get(SIGNATURE_HEADER, "")
     if not hmac.compare_digest(offered.encode(), expected.encode()):

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from service.errors import ApiError, invalid
 
-__all__ = ["DecisionQuery", "Limits", "read_json", "read_query"]
+__all__ = ["DecisionQuery", "Limits", "read_body", "read_json", "read_query"]
 
 MAX_VISITOR_CODE = 255
 MAX_FLAGS_PER_REQUEST = 1000
@@ -40,14 +40,19 @@ class DecisionQuery(NamedTuple):
     active_only: bool = False
 
 
-async def read_json(request: web.Request, limits: Limits) -> dict[str, Any]:
-    """The request body as a JSON object (an empty body reads as ``{}``)."""
+async def read_body(request: web.Request, limits: Limits) -> bytes:
+    """The raw body, refused with 413 above the limit (declared or streamed)."""
     if (request.content_length or 0) > limits.max_body:
         raise _too_large(limits)
     try:
-        raw = await request.read()
+        return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limits) from None
+
+
+async def read_json(request: web.Request, limits: Limits) -> dict[str, Any]:
+    """The request body as a JSON object (an empty body reads as ``{}``)."""
+    raw = await read_body(request, limits)
     if not raw.strip():
         return {}
     try:
