@@ -18,6 +18,7 @@ from aiohttp import web
 
 import rules
 from service.errors import ApiError
+from service.events.queue import Recorder
 from service.metrics import Metrics
 from service.payloads import DecisionQuery, Limits, read_decision, read_json, read_query
 from service.store import RulesStore, Snapshot
@@ -47,9 +48,15 @@ class Serving:
     """What every decision handler needs, held directly; its methods are the handlers."""
 
     def __init__(
-        self, store: RulesStore, metrics: Metrics, limits: Limits, environment: str | None
+        self,
+        store: RulesStore,
+        metrics: Metrics,
+        limits: Limits,
+        environment: str | None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.store = store
+        self.recorder = recorder  # None when events are off
         self.limits = limits
         self.environment = environment  # the default; None means the rules' first
         self.metrics = metrics
@@ -90,6 +97,10 @@ class Serving:
             query.environment or self.environment,
         )
         self.tally[decision.reason] += 1
+        if query.track and decision.rule is not None and self.recorder is not None:
+            self.recorder.expose(
+                query.visitor_code, decision, query.context, request, snapshot.ruleset.revision
+            )
         return web.Response(body=encoded(snapshot, decision), content_type=JSON)
 
     async def _decision(self, request: web.Request, variable: str | None = None) -> rules.Decision:
@@ -104,6 +115,10 @@ class Serving:
             flag, query.visitor_code, query.context, query.environment or self.environment
         )
         self.tally[decision.reason] += 1
+        if query.track and decision.rule is not None and self.recorder is not None:
+            self.recorder.expose(
+                query.visitor_code, decision, query.context, request, ruleset.revision
+            )
         return decision
 
     async def is_active(self, request: web.Request) -> web.Response:
@@ -138,6 +153,15 @@ class Serving:
                 decisions = {key: d for key, d in decisions.items() if d.active}
             self.tally.update(reasons)
             self.metrics.count_decisions(decisions.values())
+            if query.track and self.recorder is not None:
+                exposed = self._constant_exposures(snapshot, environment, query.active_only)
+                self.recorder.expose_all(
+                    query.visitor_code,
+                    (*exposed, *decisions.values()),
+                    query.context,
+                    request,
+                    ruleset.revision,
+                )
             varying = members(snapshot, decisions)
             joined = constant + b"," + varying if constant and varying else constant or varying
             return self._decide_response(query, ruleset.revision, joined, errors)
@@ -153,6 +177,10 @@ class Serving:
         if query.active_only:
             decisions = {key: d for key, d in decisions.items() if d.active}
         self.metrics.count_decisions(decisions.values())
+        if query.track and self.recorder is not None:
+            self.recorder.expose_all(
+                query.visitor_code, decisions.values(), query.context, request, ruleset.revision
+            )
         return self._decide_response(query, ruleset.revision, members(snapshot, decisions), errors)
 
     @staticmethod
@@ -182,6 +210,21 @@ class Serving:
             part = (members(snapshot, constants), reasons)
             snapshot.constant_parts[key] = part
         return part
+
+    @staticmethod
+    def _constant_exposures(
+        snapshot: Snapshot, environment: str | None, active_only: bool
+    ) -> tuple[rules.Decision, ...]:
+        """The constant decisions that are exposures (they have a rule), once per snapshot."""
+        key = (environment, active_only)
+        exposed = snapshot.constant_exposures.get(key)
+        if exposed is None:
+            exposed = snapshot.constant_exposures[key] = tuple(
+                decision
+                for decision in snapshot.ruleset.constant_decisions(environment).values()
+                if decision.rule is not None and (decision.active or not active_only)
+            )
+        return exposed
 
     async def list_flags(self, request: web.Request) -> web.Response:
         ruleset = self.snapshot().ruleset

@@ -1,7 +1,8 @@
 """The aiohttp application: a factory that does no I/O, and the resources it starts and stops.
 
 Long-lived resources each have one cleanup context, started in order and stopped in reverse:
-the rules (first load, then the refresher task; the source is closed last).
+the rules (first load, then the refresher task; the source is closed last), then the events
+pipeline (its sinks opened and spools replayed; on stop, drained before the rules go).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import itertools
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from time import perf_counter
 
 from aiohttp import web
@@ -22,7 +24,10 @@ import rules
 from service import ops
 from service.api import Serving
 from service.errors import ApiError, error_response, from_rules_error
-from service.keys import LIMITS, METRICS, REFRESHER, SETTINGS, STORE
+from service.events.pipeline import Pipeline
+from service.events.sinks import parse_sink
+from service.events.tracking import Tracking
+from service.keys import LIMITS, METRICS, PIPELINE, REFRESHER, SETTINGS, STORE
 from service.logs import REQUEST_ID, get_logger
 from service.metrics import Metrics, RequestStats
 from service.ofrep import Ofrep
@@ -63,14 +68,51 @@ def create_app(settings: Settings) -> web.Application:
         interval=settings.refresh_interval,
         on_result=lambda result: metrics.refreshes.labels(result).inc(),
     )
+    app[PIPELINE] = pipeline = _pipeline(settings, metrics)
     app.cleanup_ctx.append(_rules_context)
+    app.cleanup_ctx.append(_events_context)
     app.on_shutdown.append(_end_streams)
-    serving = Serving(store, metrics, app[LIMITS], settings.environment)
+    recorder = pipeline.recorder if pipeline.workers else None
+    serving = Serving(store, metrics, app[LIMITS], settings.environment, recorder)
     serving.add_routes(router)
+    Tracking(store, pipeline, app[LIMITS]).add_routes(router)
     Ofrep(serving, settings.refresh_interval).add_routes(router)
     ops.add_routes(router)
     router.add_fallback()
     return app
+
+
+def _pipeline(settings: Settings, metrics: Metrics) -> Pipeline:
+    sinks = [
+        parse_sink(
+            spec,
+            file_max_bytes=settings.events_file_max_bytes,
+            timeout=min(settings.sink_timeout, 5.0),
+            authorization=settings.events_auth,
+            source_id=settings.tracker_source,
+        )
+        for spec in settings.events
+    ]
+    return Pipeline(
+        sinks,
+        metrics.registry,
+        spool_dir=Path(settings.spool_dir),
+        spool_max_bytes=settings.spool_max_bytes,
+        batch_size=settings.batch_size,
+        queue_size=settings.queue_size,
+        flush_interval=settings.flush_interval,
+        session_ttl=settings.session_ttl,
+        session_limit=settings.session_limit,
+        retry_timeout=settings.sink_timeout,
+        drain_timeout=settings.drain_timeout,
+    )
+
+
+async def _events_context(app: web.Application) -> AsyncIterator[None]:
+    pipeline = app[PIPELINE]
+    await pipeline.start()
+    yield
+    await pipeline.stop()
 
 
 async def _rules_context(app: web.Application) -> AsyncIterator[None]:

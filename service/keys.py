@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from service.events.pipeline import Pipeline
 from service.metrics import Metrics
 from service.payloads import Limits
 from service.refresher import Refresher
 from service.settings import Settings
 from service.store import RulesStore
 
-__all__ = ["LIMITS", "METRICS", "REFRESHER", "SETTINGS", "STORE"]
+__all__ = ["LIMITS", "METRICS", "PIPELINE", "REFRESHER", "SETTINGS", "STORE"]
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", RulesStore)
 REFRESHER = web.AppKey("refresher", Refresher)
 METRICS = web.AppKey("metrics", Metrics)
 LIMITS = web.AppKey("limits", Limits)
+PIPELINE = web.AppKey("pipeline", Pipeline)

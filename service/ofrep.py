@@ -120,6 +120,9 @@ class Ofrep:
         except ApiError as error:  # not ready yet
             return _reply({"errorDetails": error.message}, error.status)
         self.serving.tally[decision.reason] += 1
+        recorder = self.serving.recorder
+        if decision.rule is not None and recorder is not None:
+            recorder.expose(visitor, decision, attributes, request, ruleset.revision)
         return _reply(_success(decision, ruleset.revision))
 
     async def evaluate_all(self, request: web.Request) -> web.Response:
@@ -136,6 +139,10 @@ class Ofrep:
         except ApiError as error:  # not ready yet
             return _reply({"errorDetails": error.message}, error.status)
         self.serving.metrics.count_decisions(decisions.values())
+        if self.serving.recorder is not None:
+            self.serving.recorder.expose_all(
+                visitor, decisions.values(), attributes, request, ruleset.revision
+            )
         flags = [_success(decisions[key], ruleset.revision) for key in ruleset.flag_keys]
         body = orjson.dumps({"flags": flags})
         # The tag is the content's own hash: equal answers (same rules, same context) match.

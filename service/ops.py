@@ -16,7 +16,7 @@ from aiohttp_sse import sse_response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.errors import ApiError
-from service.keys import LIMITS, METRICS, REFRESHER, SETTINGS, STORE
+from service.keys import LIMITS, METRICS, PIPELINE, REFRESHER, SETTINGS, STORE
 from service.payloads import read_body
 from service.store import DROPPED
 
@@ -74,6 +74,7 @@ async def config(request: web.Request) -> web.Response:
             "environments": environments,
             "refresh_interval": settings.refresh_interval,
             "webhook": settings.webhook_secret is not None,
+            "events": request.app[PIPELINE].health(),
         }
     )
 

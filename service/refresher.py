@@ -70,8 +70,11 @@ class Refresher:
     async def run(self) -> None:
         """Refresh forever: each interval (with jitter), sooner when triggered."""
         while True:
+            # asyncio.timeout, not wait_for: on 3.11, cancelling a wait_for whose inner wait
+            # has just been woken can leave the cancel hanging (and the shutdown with it).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._next_delay())
+                async with asyncio.timeout(self._next_delay()):
+                    await self._wake.wait()
                 await asyncio.sleep(DEBOUNCE_SECONDS)  # let the rest of a webhook burst arrive
             self._wake.clear()
             await self.refresh()

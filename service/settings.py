@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import rules
+from service.events.sinks import parse_sink
 
 __all__ = ["DEFAULT_RULES", "Settings", "SettingsError", "load_settings"]
 
@@ -91,6 +92,17 @@ def _rules_source(raw: str) -> str:
     return raw
 
 
+def _sinks(raw: str) -> tuple[str, ...]:
+    specs = tuple(spec.strip() for spec in raw.split(",") if spec.strip())
+    if specs in ((), ("off",)):
+        return ()
+    for spec in specs:
+        parse_sink(spec, file_max_bytes=1024, timeout=1.0, authorization=None, source_id="")
+    if len(set(specs)) != len(specs):
+        raise ValueError("names the same sink twice")
+    return specs
+
+
 def _setting(env: str, parse: Callable[[str], Any], default: Any, help: str) -> Any:
     secret = any(word in env for word in ("KEY", "SECRET", "AUTH"))
     metadata = {"env": env, "parse": parse, "help": help, "secret": secret}
@@ -150,6 +162,48 @@ class Settings:
     )
     max_depth: int = _setting(
         "FLAGPOST_MAX_DEPTH", _count, 5, "deepest nesting of context attributes"
+    )
+    events: tuple[str, ...] = _setting(
+        "FLAGPOST_EVENTS",
+        _sinks,
+        ("file:.flagpost/events",),
+        "comma-separated event sinks: file:<dir>, http(s)://...[?format=native|tracker|odp], off",
+    )
+    events_auth: str | None = _setting(
+        "FLAGPOST_EVENTS_AUTH", _secret, None, "Authorization header value for http(s) sinks"
+    )
+    tracker_source: str = _setting(
+        "FLAGPOST_TRACKER_SOURCE", _text, "flagpost", "source.id of tracker-format payloads"
+    )
+    session_ttl: float = _setting(
+        "FLAGPOST_SESSION_TTL", _positive, 1800.0, "seconds a visitor session lasts when idle"
+    )
+    session_limit: int = _setting(
+        "FLAGPOST_SESSION_LIMIT", _count, 500_000, "most visitor sessions kept in memory"
+    )
+    batch_size: int = _setting(
+        "FLAGPOST_BATCH_SIZE", _count, 500, "events per batch: a full batch is flushed at once"
+    )
+    flush_interval: float = _setting(
+        "FLAGPOST_FLUSH_INTERVAL", _positive, 1.0, "seconds before a partial batch is flushed"
+    )
+    queue_size: int = _setting(
+        "FLAGPOST_QUEUE_SIZE", _count, 100_000, "events held in memory before spilling to spools"
+    )
+    sink_timeout: float = _setting(
+        "FLAGPOST_SINK_TIMEOUT", _positive, 10.0, "seconds a batch is retried before spooling"
+    )
+    spool_dir: str = _setting(
+        "FLAGPOST_SPOOL_DIR", _text, ".flagpost/spool", "where undeliverable batches are kept"
+    )
+    spool_max_bytes: int = _setting(
+        "FLAGPOST_SPOOL_MAX_BYTES", _size, 1024**3, "largest spool per sink, in bytes"
+    )
+    events_file_max_bytes: int = _setting(
+        "FLAGPOST_EVENTS_FILE_MAX_BYTES", _size, 64 * 1024**2, "file sink rotation size, in bytes"
+    )
+    drain_timeout: float = _setting(
+        "FLAGPOST_DRAIN_TIMEOUT", _positive, 10.0, "seconds to deliver queued events on stop"
     )
 
     @classmethod

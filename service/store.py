@@ -40,6 +40,10 @@ class Snapshot:
     constant_parts: dict[tuple[str | None, bool], tuple[bytes, Counter[str]]] = field(
         default_factory=dict, compare=False
     )
+    #: Per (environment, active_only): the constant decisions that count as exposures.
+    constant_exposures: dict[tuple[str | None, bool], tuple[rules.Decision, ...]] = field(
+        default_factory=dict, compare=False
+    )
 
     def change_event(self) -> dict[str, Any]:
         return {

@@ -79,8 +79,13 @@ def _validate(body: Any, schema: Any) -> None:
 
 
 def settings_for(tmp_path: Path, **changes: Any) -> Settings:
-    """Settings on the demo rules with a private cache directory."""
-    values: dict[str, Any] = {"rules": str(DEMO), "cache_dir": str(tmp_path / "cache")}
+    """Settings on the demo rules with private cache, events and spool directories."""
+    values: dict[str, Any] = {
+        "rules": str(DEMO),
+        "cache_dir": str(tmp_path / "cache"),
+        "events": (f"file:{tmp_path / 'events'}",),
+        "spool_dir": str(tmp_path / "spool"),
+    }
     values.update(changes)
     return Settings(**values)
 

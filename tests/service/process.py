@@ -36,6 +36,8 @@ def service_env(tmp: Path, rules: dict[str, Any] | Path, port: int, **extra: str
         "FLAGPOST_RULES": str(path),
         "FLAGPOST_PORT": str(port),
         "FLAGPOST_CACHE_DIR": str(tmp / "cache"),
+        "FLAGPOST_EVENTS": f"file:{tmp / 'events'}",
+        "FLAGPOST_SPOOL_DIR": str(tmp / "spool"),
         "FLAGPOST_LOG_LEVEL": "warning",
         **extra,
     }

@@ -1,0 +1,127 @@
+"""The hot path of event recording: a bounded in-memory queue and the recorder that fills it.
+
+Nothing here awaits or does I/O. Recording an exposure is a session lookup, a membership test
+and a list append; the record itself is built later by the flusher. When the queue reaches its
+capacity (the flusher is starved), its content is handed synchronously to ``on_full``, which
+spills it to the spools instead of blocking or dropping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from time import time
+from typing import Any
+
+from aiohttp import web
+
+from rules import Decision
+from service.events.records import Exposure
+from service.events.sessions import Sessions
+
+__all__ = ["EventQueue", "Item", "Recorder"]
+
+#: An exposure waiting to become a record, or a record already built (conversions, ODP).
+Item = Exposure | dict[str, Any]
+
+
+class EventQueue:
+    """Items waiting for the flusher; it is woken when a batch is full."""
+
+    def __init__(
+        self, batch_size: int, capacity: int, on_full: Callable[[list[Item]], None]
+    ) -> None:
+        self.items: list[Item] = []
+        self.batch_size = batch_size
+        self.capacity = max(capacity, batch_size)
+        self.on_full = on_full
+        self.wake = asyncio.Event()
+
+    def put(self, item: Item) -> None:
+        items = self.items
+        items.append(item)
+        if len(items) >= self.batch_size:
+            if len(items) >= self.capacity:
+                self.on_full(self.take())
+            else:
+                self.wake.set()
+
+    def take(self) -> list[Item]:
+        """Everything queued, leaving the queue empty."""
+        items, self.items = self.items, []
+        return items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class Recorder:
+    """Turns decisions into queued exposures, once per session for each flag, rule and
+    variation."""
+
+    def __init__(self, queue: EventQueue, sessions: Sessions) -> None:
+        self.queue = queue
+        self.sessions = sessions
+        #: Exposures not queued because the session had already recorded them.
+        self.repeated = 0
+
+    def expose(
+        self,
+        visitor: str,
+        decision: Decision,
+        context: Mapping[str, Any],
+        request: web.Request,
+        revision: str,
+    ) -> None:
+        """Record that ``visitor`` was shown ``decision`` (it has a rule: callers check)."""
+        now = time()
+        session = self.sessions.touch(visitor, now)
+        key = (decision.flag, decision.rule, decision.variation)
+        seen = session.seen
+        if key in seen:
+            self.repeated += 1
+            return
+        seen[key] = decision
+        headers = request.headers
+        self.queue.put(
+            (
+                now,
+                visitor,
+                session.id,
+                decision,
+                context,
+                headers.get("User-Agent"),
+                headers.get("Referer"),
+                revision,
+            )
+        )
+
+    def expose_all(
+        self,
+        visitor: str,
+        decisions: Iterable[Decision],
+        context: Mapping[str, Any],
+        request: web.Request,
+        revision: str,
+    ) -> None:
+        """``expose`` for many decisions of one visitor; those without a rule are skipped."""
+        now = time()
+        session = self.sessions.touch(visitor, now)
+        seen = session.seen
+        fresh = []
+        for decision in decisions:
+            if decision.rule is None:
+                continue
+            key = (decision.flag, decision.rule, decision.variation)
+            if key in seen:
+                self.repeated += 1
+                continue
+            seen[key] = decision
+            fresh.append(decision)
+        if not fresh:
+            return
+        headers = request.headers
+        user_agent, referer = headers.get("User-Agent"), headers.get("Referer")
+        put = self.queue.put
+        for decision in fresh:
+            put((now, visitor, session.id, decision, context, user_agent, referer, revision))

@@ -1,0 +1,226 @@
+"""The events API: ``/v1/track``, goal conversions, ODP events and a visitor's flush.
+
+Every body is checked whole before anything is queued: an invalid event gets 400 naming the
+field (or 404 EVENT_NOT_FOUND for an event the rules do not declare) and none of it reaches a
+sink. Accepted events answer 202 with the record's ``uuid``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from rules.model import Event
+from service.errors import ApiError, invalid
+from service.events.pipeline import Pipeline
+from service.events.records import conversion_record, new_uuids, odp_record
+from service.payloads import Limits, check_context, check_visitor_code, read_json, refuse_unknown
+from service.store import RulesStore
+
+if TYPE_CHECKING:
+    from service.app import GuardedRouter
+
+__all__ = ["Tracking"]
+
+_SCALARS = (str, int, float, bool)
+
+
+def _accepted(uuid: str, recorded: bool) -> web.Response:
+    body = {"status": "accepted" if recorded else "discarded", "uuid": uuid}
+    return web.Response(body=orjson.dumps(body), status=202, content_type="application/json")
+
+
+def _text(body: Mapping[str, Any], name: str, *, default: str | None = None) -> str:
+    value = body.get(name, default)
+    if value is None:
+        raise invalid(f"{name} is required", field=name)
+    if not isinstance(value, str) or not value:
+        raise invalid(f"{name} must be a non-empty string", field=name)
+    return value
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _flat_object(
+    value: object, name: str, limits: Limits, allowed: tuple[type, ...], expects: str
+) -> dict[str, Any]:
+    """An object of scalar values (``None`` reads as empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid(f"{name} must be a JSON object", field=name)
+    if len(value) > limits.max_attributes:
+        raise invalid(f"{name} has more than {limits.max_attributes} entries", field=name)
+    for key, item in value.items():
+        if item is None and type(None) in allowed:
+            continue
+        if not isinstance(item, allowed):
+            raise invalid(f"{name}.{key} must be {expects}", field=f"{name}.{key}")
+    return value
+
+
+class Tracking:
+    def __init__(self, store: RulesStore, pipeline: Pipeline, limits: Limits) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.limits = limits
+        self.recording = bool(pipeline.workers)
+
+    def add_routes(self, router: GuardedRouter) -> None:
+        router.add("POST", "/v1/track", self.track)
+        router.add("POST", "/v1/visitors/{visitor_code}/conversions", self.convert)
+        router.add("POST", "/v1/visitors/{visitor_code}/flush", self.flush)
+        router.add("POST", "/v1/odp/events", self.odp_event)
+
+    def _declared(self) -> tuple[Mapping[str, Event], str]:
+        snapshot = self.store.current
+        if snapshot is None:
+            raise ApiError(503, "NOT_READY", "no rules have been loaded yet")
+        return snapshot.ruleset.events, snapshot.ruleset.revision
+
+    def _record(self, record: dict[str, Any]) -> web.Response:
+        if self.recording:
+            self.pipeline.accept(record)
+        return _accepted(record["uuid"], self.recording)
+
+    async def track(self, request: web.Request) -> web.Response:
+        body = await read_json(request, self.limits)
+        refuse_unknown(body, frozenset({"event_key", "user_id", "attributes", "event_tags"}))
+        event_key = _text(body, "event_key")
+        visitor = check_visitor_code(body.get("user_id"), "user_id")
+        attributes = check_context(body.get("attributes"), self.limits, "attributes")
+        tags = dict(
+            _flat_object(
+                body.get("event_tags"),
+                "event_tags",
+                self.limits,
+                _SCALARS,
+                "a string, number or boolean",
+            )
+        )
+        revenue = tags.pop("revenue", None)
+        if revenue is not None and not _is_integer(revenue):
+            raise invalid(
+                "event_tags.revenue must be an integer (cents)", field="event_tags.revenue"
+            )
+        value = tags.pop("value", None)
+        if value is not None and not _is_number(value):
+            raise invalid("event_tags.value must be a number", field="event_tags.value")
+        events, revision = self._declared()
+        event = events.get(event_key)
+        if event is None:
+            raise ApiError(
+                404, "EVENT_NOT_FOUND", f"no event {event_key!r} in the rules", "event_key"
+            )
+        return self._conversion(
+            request, visitor, event, attributes, revenue, value, 1, tags, revision
+        )
+
+    async def convert(self, request: web.Request) -> web.Response:
+        visitor = check_visitor_code(request.match_info["visitor_code"])
+        body = await read_json(request, self.limits)
+        refuse_unknown(body, frozenset({"goal_id", "revenue", "negative"}))
+        goal = body.get("goal_id")
+        if not _is_integer(goal):
+            raise invalid("goal_id must be an integer", field="goal_id")
+        revenue = body.get("revenue")
+        if revenue is not None and not _is_integer(revenue):
+            raise invalid("revenue must be an integer (cents)", field="revenue")
+        negative = body.get("negative", False)
+        if not isinstance(negative, bool):
+            raise invalid("negative must be true or false", field="negative")
+        events, revision = self._declared()
+        event = next((event for event in events.values() if event.id == goal), None)
+        if event is None:
+            raise ApiError(
+                404, "EVENT_NOT_FOUND", f"no event with id {goal} in the rules", "goal_id"
+            )
+        if negative:  # a cancelled conversion: it takes one back, and its revenue with it
+            revenue = -revenue if revenue is not None else None
+        quantity = -1 if negative else 1
+        return self._conversion(request, visitor, event, {}, revenue, None, quantity, {}, revision)
+
+    def _conversion(
+        self,
+        request: web.Request,
+        visitor: str,
+        event: Event,
+        attributes: Mapping[str, Any],
+        revenue: int | None,
+        value: float | None,
+        quantity: int,
+        tags: Mapping[str, Any],
+        revision: str,
+    ) -> web.Response:
+        now = time.time()
+        session = self.pipeline.sessions.touch(visitor, now)
+        record = conversion_record(
+            uuid=new_uuids(1)[0],
+            seconds=now,
+            visitor=visitor,
+            session=session.id,
+            exposures=session.seen.values(),
+            event_key=event.key,
+            event_id=event.id,
+            attributes=attributes,
+            user_agent=request.headers.get("User-Agent"),
+            referer=request.headers.get("Referer"),
+            revenue=revenue,
+            value=float(value) if value is not None else None,
+            quantity=quantity,
+            tags=tags,
+            revision=revision,
+        )
+        return self._record(record)
+
+    async def odp_event(self, request: web.Request) -> web.Response:
+        body = await read_json(request, self.limits)
+        refuse_unknown(body, frozenset({"action", "identifiers", "type", "data"}))
+        action = _text(body, "action")
+        kind = _text(body, "type", default="fullstack")
+        identifiers = _flat_object(
+            body.get("identifiers"), "identifiers", self.limits, (str,), "a string"
+        )
+        if not identifiers:
+            raise invalid("identifiers needs at least one identifier", field="identifiers")
+        data = _flat_object(
+            body.get("data"),
+            "data",
+            self.limits,
+            (*_SCALARS, type(None)),
+            "a string, number, boolean or null",
+        )
+        record = odp_record(
+            uuid=new_uuids(1)[0],
+            seconds=time.time(),
+            type=kind,
+            action=action,
+            identifiers=identifiers,
+            data=data,
+        )
+        return self._record(record)
+
+    async def flush(self, request: web.Request) -> web.Response:
+        visitor = check_visitor_code(request.match_info["visitor_code"])
+        await read_json(request, self.limits)  # a body, if any, must still be valid JSON
+        pending = sum(1 for item in self.pipeline.queue.items if _visitor_of(item) == visitor)
+        self.pipeline.flush()
+        body = {"visitor_code": visitor, "flushed": pending}
+        return web.Response(body=orjson.dumps(body), status=202, content_type="application/json")
+
+
+def _visitor_of(item: object) -> str | None:
+    if isinstance(item, dict):
+        visitor = item.get("visitor_id")
+        return visitor if isinstance(visitor, str) else None
+    return item[1] if isinstance(item, tuple) else None

@@ -1,0 +1,281 @@
+"""Delivery to real collectors on 127.0.0.1 and to files: retries, spool, replay, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from service.events.pipeline import Pipeline
+from service.events.queue import EventQueue
+from service.events.records import conversion_record, new_uuids, odp_record
+from service.events.sinks import FileSink, Sink, parse_sink
+from tests.service.collector import Collector, running_collector
+
+
+def make_pipeline(tmp_path: Path, sinks: list[Sink], **changes: Any) -> Pipeline:
+    options: dict[str, Any] = {
+        "spool_dir": tmp_path / "spool",
+        "spool_max_bytes": 10**8,
+        "batch_size": 10,
+        "queue_size": 10_000,
+        "flush_interval": 0.05,
+        "session_ttl": 1800.0,
+        "session_limit": 1000,
+        "retry_timeout": 0.3,
+        "drain_timeout": 2.0,
+    }
+    options.update(changes)
+    return Pipeline(sinks, CollectorRegistry(), **options)
+
+
+def http_sink(collector: Collector, format: str = "native") -> Sink:
+    return parse_sink(
+        f"{collector.url}?format={format}",
+        file_max_bytes=10**6,
+        timeout=2.0,
+        authorization="Bearer collector-token",
+        source_id="shop-source",
+    )
+
+
+def conversion(visitor: str = "v-1") -> dict[str, Any]:
+    return conversion_record(
+        uuid=new_uuids(1)[0],
+        seconds=time.time(),
+        visitor=visitor,
+        session="s-1",
+        exposures=[],
+        event_key="purchase",
+        event_id=83023,
+        attributes={},
+        user_agent=None,
+        referer=None,
+        revenue=1250,
+        value=None,
+        quantity=1,
+        tags={},
+        revision="r1",
+    )
+
+
+async def eventually(check: Callable[[], bool], within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def sample(pipeline: Pipeline, name: str, **labels: str) -> float:
+    value = pipeline.stats.registry.get_sample_value(name, labels)
+    return float(value or 0.0)
+
+
+def first_seen(uuids: list[str]) -> list[str]:
+    return list(dict.fromkeys(uuids))
+
+
+async def test_a_collector_that_fails_and_recovers_gets_every_event_in_order(
+    tmp_path: Path,
+) -> None:
+    """Events accepted while the collector is down are spooled and all delivered, in order."""
+    with running_collector() as collector:
+        collector.down = True
+        pipeline = make_pipeline(tmp_path, [http_sink(collector)])
+        await pipeline.start()
+        sent = []
+        for _ in range(10):
+            for _ in range(7):
+                record = conversion()
+                sent.append(record["uuid"])
+                pipeline.accept(record)
+            await asyncio.sleep(0.1)
+        worker = pipeline.workers[0]
+        await eventually(lambda: len(worker.spool) > 0 and worker.down_since is not None)
+        collector.down = False
+        await eventually(lambda: set(sent) <= {r["uuid"] for r in collector.records()})
+        await pipeline.stop()
+    delivered = [record["uuid"] for record in collector.records()]
+    assert sent == first_seen(delivered)
+    assert 0 == len(worker.spool)
+    assert (
+        sample(pipeline, "flagpost_events_spooled_total", kind="conversion", sink=worker.name) > 0
+    )
+    assert (
+        sample(pipeline, "flagpost_events_retried_total", kind="conversion", sink=worker.name) > 0
+    )
+    assert "Bearer collector-token" == collector.headers[-1]["Authorization"]
+
+
+async def test_retry_after_from_a_busy_collector_is_honoured(tmp_path: Path) -> None:
+    """A 429 with Retry-After: 1 makes the next attempt wait about a second, not less."""
+    with running_collector() as collector:
+        collector.failures, collector.fail_status, collector.retry_after = 1, 429, "1"
+        pipeline = make_pipeline(tmp_path, [http_sink(collector)], retry_timeout=5.0)
+        await pipeline.start()
+        pipeline.accept(conversion())
+        await eventually(lambda: len(collector.records()) == 1)
+        await pipeline.stop()
+    (first, status), (second, _) = collector.attempts[:2]
+    assert 429 == status
+    assert second - first >= 0.9
+
+
+async def test_a_refused_batch_is_kept_aside_and_the_next_one_still_goes(tmp_path: Path) -> None:
+    """A 400 from the collector moves the batch to rejected/ without blocking later ones."""
+    with running_collector() as collector:
+        collector.failures, collector.fail_status = 1, 400
+        pipeline = make_pipeline(tmp_path, [http_sink(collector)])
+        await pipeline.start()
+        refused = conversion()
+        pipeline.accept(refused)
+        pipeline.flush()
+        await eventually(lambda: len(collector.attempts) == 1)
+        later = conversion()
+        pipeline.accept(later)
+        await eventually(lambda: len(collector.records()) == 1)
+        await pipeline.stop()
+    assert [later["uuid"]] == [record["uuid"] for record in collector.records()]
+    kept = list((pipeline.workers[0].spool.directory / "rejected").glob("*.jsonl"))
+    assert 1 == len(kept)
+    assert refused["uuid"] == json.loads(kept[0].read_text())["uuid"]
+
+
+async def test_a_full_spool_counts_and_logs_what_it_cannot_keep(tmp_path: Path) -> None:
+    """Past the spool's cap, batches are counted as dropped, and the spool stays under it."""
+    with running_collector() as collector:
+        collector.down = True
+        pipeline = make_pipeline(
+            tmp_path, [http_sink(collector)], spool_max_bytes=4096, retry_timeout=0.05
+        )
+        await pipeline.start()
+        worker = pipeline.workers[0]
+        for _ in range(20):
+            for _ in range(10):
+                pipeline.accept(conversion())
+            pipeline.flush()
+            await asyncio.sleep(0.02)
+        await eventually(
+            lambda: (
+                sample(
+                    pipeline, "flagpost_events_dropped_total", kind="conversion", sink=worker.name
+                )
+                > 0
+            )
+        )
+        await pipeline.stop()
+    assert worker.spool.bytes <= 4096
+    spooled = sample(pipeline, "flagpost_events_spooled_total", kind="conversion", sink=worker.name)
+    dropped = sample(pipeline, "flagpost_events_dropped_total", kind="conversion", sink=worker.name)
+    assert 200 == spooled + dropped
+
+
+async def test_a_restart_replays_the_spool_in_order(tmp_path: Path) -> None:
+    """What one run spooled at stop, the next run delivers first, in the order it was made."""
+    with running_collector() as collector:
+        collector.down = True
+        first = make_pipeline(tmp_path, [http_sink(collector)], drain_timeout=0.2)
+        await first.start()
+        sent = []
+        for _ in range(25):
+            record = conversion()
+            sent.append(record["uuid"])
+            first.accept(record)
+        await first.stop()
+        assert len(first.workers[0].spool) > 0
+        assert [] == collector.records()
+
+        collector.down = False
+        second = make_pipeline(tmp_path, [http_sink(collector)])
+        await second.start()
+        await eventually(lambda: len(second.workers[0].spool) == 0)
+        await second.stop()
+    assert sent == first_seen([record["uuid"] for record in collector.records()])
+
+
+async def test_stopping_delivers_what_is_still_queued(tmp_path: Path) -> None:
+    """Events waiting for the next flush are delivered when the pipeline stops."""
+    with running_collector() as collector:
+        pipeline = make_pipeline(tmp_path, [http_sink(collector)], flush_interval=60.0)
+        await pipeline.start()
+        sent = [conversion() for _ in range(7)]
+        for record in sent:
+            pipeline.accept(record)
+        await pipeline.stop()
+    assert [r["uuid"] for r in sent] == [r["uuid"] for r in collector.records()]
+
+
+async def test_tracker_format_sends_one_payload_per_visitor_session(tmp_path: Path) -> None:
+    """The tracker format groups records by visitor and session into tracker payloads."""
+    with running_collector() as collector:
+        pipeline = make_pipeline(tmp_path, [http_sink(collector, "tracker")])
+        await pipeline.start()
+        for visitor in ("alice", "bob", "alice"):
+            pipeline.accept(conversion(visitor))
+        await pipeline.stop()
+    payloads = sorted(collector.accepted, key=lambda payload: payload["profile"]["id"])
+    assert ["alice", "bob"] == [payload["profile"]["id"] for payload in payloads]
+    assert [2, 1] == [len(payload["events"]) for payload in payloads]
+    event = payloads[0]["events"][0]
+    assert {"id": "shop-source"} == payloads[0]["source"]
+    assert {"id": "s-1"} == payloads[0]["session"]
+    assert "conversion" == event["type"]
+    assert "purchase" == event["properties"]["event_name"]
+    assert event["time"]["insert"].endswith("Z")
+
+
+async def test_odp_format_sends_only_odp_events(tmp_path: Path) -> None:
+    """An odp sink gets ODP events as ODP expects them, and nothing else."""
+    with running_collector() as collector:
+        pipeline = make_pipeline(tmp_path, [http_sink(collector, "odp")])
+        await pipeline.start()
+        pipeline.accept(conversion())
+        pipeline.accept(
+            odp_record(
+                uuid=new_uuids(1)[0],
+                seconds=time.time(),
+                type="fullstack",
+                action="purchased",
+                identifiers={"fs_user_id": "u-1"},
+                data={"price": 50.0},
+            )
+        )
+        await pipeline.stop()
+    [body] = collector.accepted
+    assert 1 == len(body)
+    assert {"type", "action", "identifiers", "data"} == set(body[0])
+    assert 50.0 == body[0]["data"]["price"]
+
+
+async def test_the_file_sink_rotates_and_keeps_every_line(tmp_path: Path) -> None:
+    """Small rotation sizes give several files that together hold every record once."""
+    sink = FileSink(tmp_path / "events", max_bytes=2048)
+    pipeline = make_pipeline(tmp_path, [sink], batch_size=5)
+    await pipeline.start()
+    sent = []
+    for _ in range(60):
+        record = conversion()
+        sent.append(record["uuid"])
+        pipeline.accept(record)
+        if len(sent) % 5 == 0:
+            await asyncio.sleep(0)
+    await pipeline.stop()
+    files = sorted((tmp_path / "events").glob("events-*.jsonl"))
+    lines = [json.loads(line) for path in files for line in path.read_text().splitlines()]
+    assert len(files) > 1
+    assert sent == [line["uuid"] for line in lines]
+
+
+def test_a_full_queue_hands_its_content_over_instead_of_growing() -> None:
+    """At capacity, the queue gives everything to its overflow handler and starts again."""
+    spilled: list[list[Any]] = []
+    queue = EventQueue(batch_size=2, capacity=5, on_full=spilled.append)
+    for number in range(12):
+        queue.put({"n": number})
+    assert [5, 5] == [len(batch) for batch in spilled]
+    assert 2 == len(queue)
