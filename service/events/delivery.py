@@ -179,7 +179,9 @@ class SinkWorker:
             attempt += 1
             try:
                 await self.sink.send(batch.records)
-            except Rejected as error:
+            except (Rejected, TypeError, ValueError) as error:
+                # A refusal, or records this sink cannot encode (a bug, but one batch must
+                # not stop the ones behind it): kept aside, counted, logged.
                 self.last_error = str(error)
                 EventStats.count(self.stats.rejected, batch, self.name)
                 log.error(

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from service.events.delivery import SinkWorker
 from service.events.queue import EventQueue, Item, Recorder
-from service.events.records import Batch, exposure_record, new_uuids
+from service.events.records import Batch, exposure_records
 from service.events.sessions import Sessions
 from service.events.sinks import Sink
 from service.events.spool import Spool
@@ -109,12 +109,13 @@ class Pipeline:
         }
 
     def _batch(self, items: list[Item]) -> Batch:
-        process_ms = int(time.time() * 1000)
-        uuids = iter(new_uuids(len(items)))
-        records = [
-            item if item.__class__ is dict else exposure_record(item, next(uuids), process_ms)  # type: ignore[arg-type]
-            for item in items
-        ]
+        exposures = [item for item in items if item.__class__ is tuple]
+        prefix = self.sessions.prefix
+        if len(exposures) == len(items):
+            records = exposure_records(exposures, int(time.time() * 1000), prefix)
+        else:  # keep the order the events happened in
+            built = iter(exposure_records(exposures, int(time.time() * 1000), prefix))
+            records = [item if item.__class__ is dict else next(built) for item in items]
         batch = Batch.of(records)
         EventStats.count(self.stats.accepted, batch)
         return batch

@@ -57,7 +57,10 @@ class EventQueue:
 
 class Recorder:
     """Turns decisions into queued exposures, once per session for each flag, rule and
-    variation."""
+    variation.
+
+    The request's headers are queued as they are: the user agent and referer are read from
+    them when the record is built, not here."""
 
     def __init__(self, queue: EventQueue, sessions: Sessions) -> None:
         self.queue = queue
@@ -75,26 +78,19 @@ class Recorder:
     ) -> None:
         """Record that ``visitor`` was shown ``decision`` (it has a rule: callers check)."""
         now = time()
-        session = self.sessions.touch(visitor, now)
-        key = (decision.flag, decision.rule, decision.variation)
-        seen = session.seen
-        if key in seen:
+        key = (
+            decision.flag,
+            decision.rule,
+            decision.variation,
+            decision.flag_id,
+            decision.experiment_id,
+            decision.variation_id,
+        )  # sessions.exposure_key, written out: this runs on every tracked decision
+        number = self.sessions.expose(visitor, now, key)
+        if number is None:
             self.repeated += 1
             return
-        seen[key] = decision
-        headers = request.headers
-        self.queue.put(
-            (
-                now,
-                visitor,
-                session.id,
-                decision,
-                context,
-                headers.get("User-Agent"),
-                headers.get("Referer"),
-                revision,
-            )
-        )
+        self.queue.put((now, visitor, number, decision, context, request.headers, revision))
 
     def expose_all(
         self,
@@ -106,22 +102,9 @@ class Recorder:
     ) -> None:
         """``expose`` for many decisions of one visitor; those without a rule are skipped."""
         now = time()
-        session = self.sessions.touch(visitor, now)
-        seen = session.seen
-        fresh = []
-        for decision in decisions:
-            if decision.rule is None:
-                continue
-            key = (decision.flag, decision.rule, decision.variation)
-            if key in seen:
-                self.repeated += 1
-                continue
-            seen[key] = decision
-            fresh.append(decision)
-        if not fresh:
-            return
+        number, fresh, repeated = self.sessions.expose_all(visitor, now, decisions)
+        self.repeated += repeated
         headers = request.headers
-        user_agent, referer = headers.get("User-Agent"), headers.get("Referer")
         put = self.queue.put
         for decision in fresh:
-            put((now, visitor, session.id, decision, context, user_agent, referer, revision))
+            put((now, visitor, number, decision, context, headers, revision))

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from rules import Decision
+from service.events.sessions import ExposureKey
 
 __all__ = [
     "CLIENT_ENGINE",
@@ -27,7 +28,7 @@ __all__ = [
     "Exposure",
     "attribute_list",
     "conversion_record",
-    "exposure_record",
+    "exposure_records",
     "new_uuids",
     "odp_record",
     "tag_map",
@@ -39,9 +40,10 @@ try:
 except metadata.PackageNotFoundError:  # running from a source tree that was never installed
     CLIENT_VERSION = "0+unknown"
 
-#: What the hot path queues for an exposure: (seconds since the epoch, visitor, session id,
-#: decision, context, user agent, referer, revision). A plain tuple: it is built per decision.
-Exposure = tuple[float, str, str, Decision, Mapping[str, Any], str | None, str | None, str]
+#: What the hot path queues for an exposure: (seconds since the epoch, visitor, session
+#: number, decision, context, request headers, revision). A plain tuple: it is built per
+#: decision, and everything else is worked out when the record is built.
+Exposure = tuple[float, str, int, Decision, Mapping[str, Any], Mapping[str, str], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,42 +92,71 @@ def _id(number: int | None, key: str | None) -> str | None:
     return str(number) if number is not None else key
 
 
-def exposure_record(exposure: Exposure, uuid: str, process_ms: int) -> dict[str, Any]:
-    """The decision row of one exposure."""
-    seconds, visitor, session, decision, context, user_agent, referer, revision = exposure
+def exposure_records(
+    exposures: list[Exposure], process_ms: int, session_prefix: str
+) -> list[dict[str, Any]]:
+    """The decision rows of queued exposures.
+
+    The part that depends only on the decision (ids, keys) and the attribute rows of one
+    context are built once per batch and shared: a batch is mostly a few decisions and the
+    contexts of a few requests, and building a record is most of what the flusher does. (The
+    batch's items keep those decisions and contexts alive, so their ids cannot be reused.)
+    """
+    uuids = new_uuids(len(exposures))
+    fixed_parts: dict[int, dict[str, Any]] = {}
+    attribute_rows: dict[int, list[dict[str, str]]] = {}
+    records = []
+    for (seconds, visitor, session, decision, context, headers, revision), uuid in zip(
+        exposures, uuids, strict=True
+    ):
+        fixed = fixed_parts.get(id(decision))
+        if fixed is None:
+            fixed = fixed_parts[id(decision)] = _decision_part(decision)
+        attributes = attribute_rows.get(id(context))
+        if attributes is None:
+            attributes = attribute_rows[id(context)] = attribute_list(context)
+        records.append(
+            {
+                "kind": "decision",
+                "uuid": uuid,
+                "timestamp": int(seconds * 1000),
+                "process_timestamp": process_ms,
+                "visitor_id": visitor,
+                "session_id": f"{session_prefix}-{session:x}",
+                **fixed,
+                "attributes": attributes,
+                "user_agent": headers.get("User-Agent"),
+                "referer": headers.get("Referer"),
+                "revision": revision,
+            }
+        )
+    return records
+
+
+def _decision_part(decision: Decision) -> dict[str, Any]:
     return {
-        "kind": "decision",
-        "uuid": uuid,
-        "timestamp": int(seconds * 1000),
-        "process_timestamp": process_ms,
-        "visitor_id": visitor,
-        "session_id": session,
         "campaign_id": _id(decision.flag_id, decision.flag),
         "experiment_id": _id(decision.experiment_id, decision.rule),
         "variation_id": _id(decision.variation_id, decision.variation),
         "flag": decision.flag,
         "rule": decision.rule,
         "variation": decision.variation,
-        "attributes": attribute_list(context) if context else [],
-        "user_agent": user_agent,
-        "referer": referer,
         "is_holdback": False,
-        "revision": revision,
         "client_engine": CLIENT_ENGINE,
         "client_version": CLIENT_VERSION,
     }
 
 
-def attribution(decisions: Iterable[Decision]) -> list[dict[str, Any]]:
+def attribution(keys: Iterable[ExposureKey]) -> list[dict[str, Any]]:
     """The ``experiments`` a conversion is attributed to: the session's exposures."""
     return [
         {
-            "campaign_id": _id(decision.flag_id, decision.flag),
-            "experiment_id": _id(decision.experiment_id, decision.rule),
-            "variation_id": _id(decision.variation_id, decision.variation),
+            "campaign_id": _id(flag_id, flag),
+            "experiment_id": _id(experiment_id, rule),
+            "variation_id": _id(variation_id, variation),
             "is_holdback": False,
         }
-        for decision in decisions
+        for flag, rule, variation, flag_id, experiment_id, variation_id in keys
     ]
 
 
@@ -135,7 +166,7 @@ def conversion_record(
     seconds: float,
     visitor: str,
     session: str,
-    exposures: Iterable[Decision],
+    exposures: Iterable[ExposureKey],
     event_key: str,
     event_id: int | None,
     attributes: Mapping[str, Any],

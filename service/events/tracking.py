@@ -18,6 +18,7 @@ from rules.model import Event
 from service.errors import ApiError, invalid
 from service.events.pipeline import Pipeline
 from service.events.records import conversion_record, new_uuids, odp_record
+from service.events.sessions import NUMBER, SEEN
 from service.payloads import Limits, check_context, check_visitor_code, read_json, refuse_unknown
 from service.store import RulesStore
 
@@ -44,7 +45,8 @@ def _text(body: Mapping[str, Any], name: str, *, default: str | None = None) -> 
 
 
 def _is_integer(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """A JSON integer that fits a signed 64-bit field (as the export's ``long`` does)."""
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
 
 
 def _is_number(value: object) -> bool:
@@ -168,8 +170,8 @@ class Tracking:
             uuid=new_uuids(1)[0],
             seconds=now,
             visitor=visitor,
-            session=session.id,
-            exposures=session.seen.values(),
+            session=self.pipeline.sessions.id_of(session[NUMBER]),
+            exposures=session[SEEN],
             event_key=event.key,
             event_id=event.id,
             attributes=attributes,

@@ -300,6 +300,18 @@ BAD_EVENTS = [
     ("/v1/visitors/v/conversions", {"goal_id": 1}, 404, "goal_id"),
     ("/v1/visitors/v/conversions", {"goal_id": 83023, "revenue": "10"}, 400, "revenue"),
     ("/v1/visitors/v/conversions", {"goal_id": 83023, "negative": "yes"}, 400, "negative"),
+    (
+        "/v1/visitors/v/conversions",
+        {"goal_id": 83023, "revenue": 2**64 - 1, "negative": True},
+        400,
+        "revenue",
+    ),
+    (
+        "/v1/track",
+        {"event_key": "purchase", "user_id": "v", "event_tags": {"revenue": 2**63}},
+        400,
+        "event_tags.revenue",
+    ),
     (f"/v1/visitors/{'x' * 300}/conversions", {"goal_id": 83023}, 400, "visitor_code"),
     ("/v1/odp/events", {"identifiers": {"a": "b"}}, 400, "action"),
     ("/v1/odp/events", {"action": "", "identifiers": {"a": "b"}}, 400, "action"),
