@@ -86,6 +86,8 @@ def server(command: list[str], port: int, env: dict[str, str] | None = None) -> 
 def flagpost(rules: Path, port: int, cache: Path, **extra: str) -> list[str]:
     return [sys.executable, "-m", "service", "serve", "--port", str(port),
             "--rules", str(rules), "--cache-dir", str(cache), "--log-level", "warning",
+            "--events", f"file:{cache.parent / 'events'}",
+            "--spool-dir", str(cache.parent / "spool"),
             *[f"--{k.replace('_', '-')}={v}" for k, v in extra.items()]]  # fmt: skip
 
 
