@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import islice
+from operator import attrgetter
 from typing import Final
 
 from rules import Decision
@@ -39,15 +40,10 @@ EXPIRES: Final = 1
 SEEN: Final = 2
 
 
-def exposure_key(decision: Decision) -> ExposureKey:
-    return (
-        decision.flag,
-        decision.rule,
-        decision.variation,
-        decision.flag_id,
-        decision.experiment_id,
-        decision.variation_id,
-    )
+#: The exposure key of a decision, made in C.
+exposure_key: Callable[[Decision], ExposureKey] = attrgetter(
+    "flag", "rule", "variation", "flag_id", "experiment_id", "variation_id"
+)
 
 
 class Sessions:
@@ -98,24 +94,26 @@ class Sessions:
         self, visitor: str, now: float, decisions: Iterable[Decision]
     ) -> tuple[int, list[Decision], int]:
         """Note many exposures of one visitor (decisions without a rule are not exposures):
-        the session number, the decisions new to the session, and how many were repeats."""
+        the session number, the decisions new to the session, and how many were repeats.
+
+        Written for ``/v1/decide`` over hundreds of flags, where nearly every call repeats
+        what the session already has: keys are made and compared in C (attrgetter, sets)."""
         number, seen = self._current(visitor, now)
+        ruled = [decision for decision in decisions if decision.rule is not None]
+        keys = list(map(exposure_key, ruled))
         known = set(seen)
+        if known.issuperset(keys):  # the common case: nothing new
+            self.by_visitor[visitor] = (number, now + self.ttl, seen)
+            return number, [], len(keys)
         fresh: list[Decision] = []
-        keys: list[ExposureKey] = []
-        repeated = 0
-        for decision in decisions:
-            if decision.rule is None:
-                continue
-            key = exposure_key(decision)
-            if key in known:
-                repeated += 1
-                continue
-            known.add(key)
-            keys.append(key)
-            fresh.append(decision)
-        self.by_visitor[visitor] = (number, now + self.ttl, (*seen, *keys))
-        return number, fresh, repeated
+        added: list[ExposureKey] = []
+        for decision, key in zip(ruled, keys, strict=True):
+            if key not in known:
+                known.add(key)
+                added.append(key)
+                fresh.append(decision)
+        self.by_visitor[visitor] = (number, now + self.ttl, (*seen, *added))
+        return number, fresh, len(keys) - len(fresh)
 
     def id_of(self, number: int) -> str:
         return f"{self.prefix}-{number:x}"
