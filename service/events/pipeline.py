@@ -110,12 +110,9 @@ class Pipeline:
 
     def _batch(self, items: list[Item]) -> Batch:
         exposures = [item for item in items if item.__class__ is tuple]
-        prefix = self.sessions.prefix
-        if len(exposures) == len(items):
-            records = exposure_records(exposures, int(time.time() * 1000), prefix)
-        else:  # keep the order the events happened in
-            built = iter(exposure_records(exposures, int(time.time() * 1000), prefix))
-            records = [item if item.__class__ is dict else next(built) for item in items]
+        built = iter(exposure_records(exposures, int(time.time() * 1000), self.sessions.prefix))
+        # Records built by handlers stay where they were queued: the order events happened in.
+        records = [item if item.__class__ is dict else next(built) for item in items]
         batch = Batch.of(records)
         EventStats.count(self.stats.accepted, batch)
         return batch

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from rules import Decision
 from service.events.records import Exposure
-from service.events.sessions import Sessions
+from service.events.sessions import Sessions, exposure_key
 
 __all__ = ["EventQueue", "Item", "Recorder"]
 
@@ -78,15 +78,7 @@ class Recorder:
     ) -> None:
         """Record that ``visitor`` was shown ``decision`` (it has a rule: callers check)."""
         now = time()
-        key = (
-            decision.flag,
-            decision.rule,
-            decision.variation,
-            decision.flag_id,
-            decision.experiment_id,
-            decision.variation_id,
-        )  # sessions.exposure_key, written out: this runs on every tracked decision
-        number = self.sessions.expose(visitor, now, key)
+        number = self.sessions.expose(visitor, now, exposure_key(decision))
         if number is None:
             self.repeated += 1
             return

@@ -54,12 +54,15 @@ class Spool:
 
     def write(self, batch: Batch) -> bool:
         """Append ``batch`` durably; False (and nothing written) if it would pass the cap."""
+        return self._append(batch, capped=True) is not None
+
+    def _append(self, batch: Batch, *, capped: bool) -> Path | None:
         if not self._opened:
             self.open()
         data = b"".join(orjson.dumps(record) + b"\n" for record in batch.records)
         with self._lock:
-            if self.bytes + len(data) > self.max_bytes:
-                return False
+            if capped and self.bytes + len(data) > self.max_bytes:
+                return None
             number, self._next = self._next, self._next + 1
             path = self.directory / f"{number:020d}{_SUFFIX}"
             self._files.append((path, len(data)))
@@ -71,7 +74,7 @@ class Spool:
             os.fsync(file.fileno())
         temporary.rename(path)
         _sync_directory(self.directory)
-        return True
+        return path
 
     def head(self) -> tuple[Path, Batch] | None:
         """The oldest batch, without removing it."""
@@ -98,11 +101,12 @@ class Spool:
             path.unlink(missing_ok=True)
 
     def reject(self, batch: Batch) -> None:
-        """Keep a batch the collector refused, outside the replay order."""
-        aside = Spool(self.directory / "rejected", max_bytes=2**63)
-        aside.open()
-        aside._next = max(aside._next, self._next)
-        aside.write(batch)
+        """Keep a batch the collector refused (one never spooled), outside the replay order:
+        written like any other, then set aside. The cap does not apply: it is kept for a
+        person to look at, not replayed."""
+        path = self._append(batch, capped=False)
+        assert path is not None
+        self.remove(path, rejected=True)
 
 
 def _sync_directory(directory: Path) -> None:

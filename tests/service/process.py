@@ -43,13 +43,14 @@ def service_env(tmp: Path, rules: dict[str, Any] | Path, port: int, **extra: str
     }
 
 
-@contextmanager
-def running_service(tmp: Path, rules: dict[str, Any] | Path, **extra: str) -> Iterator[str]:
-    """Start ``python -m service`` (which serves by default); yield its base URL once ready;
-    stop it with SIGTERM."""
+def start_service(
+    tmp: Path, rules: dict[str, Any] | Path, **extra: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``python -m service`` (which serves by default); return it and its base URL
+    once ready."""
     port = free_port()
     log = tmp / "flagpost.log"  # a file, not a pipe: an unread pipe could block the server
-    with log.open("wb") as output:
+    with log.open("ab") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "service"],
             env=service_env(tmp, rules, port, **extra),
@@ -57,8 +58,15 @@ def running_service(tmp: Path, rules: dict[str, Any] | Path, **extra: str) -> It
             stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
+    wait_ready(base, process, log)
+    return process, base
+
+
+@contextmanager
+def running_service(tmp: Path, rules: dict[str, Any] | Path, **extra: str) -> Iterator[str]:
+    """``start_service`` for the length of a block, stopped with SIGTERM after it."""
+    process, base = start_service(tmp, rules, **extra)
     try:
-        wait_ready(base, process, log)
         yield base
     finally:
         process.send_signal(signal.SIGTERM)

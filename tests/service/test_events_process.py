@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -15,25 +14,14 @@ from typing import Any
 import rules
 from tests.service.collector import running_collector
 from tests.service.conftest import DEMO
-from tests.service.process import free_port, service_env, wait_ready
+from tests.service.process import start_service
 
 FR_PHONE = {"geo": {"country": "FR"}, "device": "phone"}
 RULESET = rules.load(DEMO.read_bytes())
 
 
 def start(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    log = tmp_path / "flagpost.log"
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service"],
-            env=service_env(tmp_path, DEMO, port, **env),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(base, process, log)
-    return process, base
+    return start_service(tmp_path, DEMO, **env)
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:
