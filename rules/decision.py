@@ -7,8 +7,9 @@ compiled and shared by every visitor who gets the same answer: deciding allocate
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from json.encoder import encode_basestring
 from typing import Any
 
 __all__ = ["Decision", "Reason"]
@@ -35,6 +36,12 @@ class Decision:
 
     ``variables`` is a read-only view shared between decisions; treat any ``json`` variable
     value inside it as read-only too.
+
+    ``outcome`` names the answer: the JSON text of ``[flag, rule, variation, flag_id,
+    experiment_id, variation_id]``. Equal answers have equal outcomes, across recompilations
+    too, so a caller can recognize an answer it has seen before with one string comparison
+    (the service records an exposure once per visitor session by it). It is text, not a
+    tuple, so that whatever keeps it holds no object the garbage collector has to track.
     """
 
     flag: str
@@ -48,6 +55,13 @@ class Decision:
     variation_id: int | None
     reason: Reason
     flag_id: int | None = None
+    outcome: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        keys = (self.flag, self.rule, self.variation)
+        ids = (self.flag_id, self.experiment_id, self.variation_id)
+        outcome = "[" + ",".join(map(_json, (*keys, *ids))) + "]"
+        object.__setattr__(self, "outcome", outcome)
 
     def as_dict(self) -> dict[str, Any]:
         """The decision as plain JSON-ready data."""
@@ -63,3 +77,10 @@ class Decision:
             "variation_id": self.variation_id,
             "reason": self.reason.value,
         }
+
+
+def _json(value: str | int | None) -> str:
+    """A key or an id as JSON (``json.dumps`` makes an encoder per call: too slow here)."""
+    if value is None:
+        return "null"
+    return encode_basestring(value) if isinstance(value, str) else str(value)

@@ -80,11 +80,9 @@ class SinkWorker:
 
     def submit(self, batch: Batch) -> None:
         """Queue a batch for the sink (never blocks; a long outbox overflows to the spool)."""
-        records = [record for record in batch.records if record["kind"] in self.sink.kinds]
-        if not records:
+        batch = batch.only(self.sink.kinds)
+        if not batch:
             return
-        if len(records) != len(batch.records):
-            batch = Batch.of(records)
         if len(self.outbox) >= self.max_outbox:
             self._to_spool(self.outbox.popleft())  # the loop waits on the disk, rarely
         self.outbox.append(batch)
@@ -178,15 +176,13 @@ class SinkWorker:
                 EventStats.count(self.stats.retried, batch, self.name)
             attempt += 1
             try:
-                await self.sink.send(batch.records)
+                await self.sink.send(batch)
             except (Rejected, TypeError, ValueError) as error:
                 # A refusal, or records this sink cannot encode (a bug, but one batch must
                 # not stop the ones behind it): kept aside, counted, logged.
                 self.last_error = str(error)
                 EventStats.count(self.stats.rejected, batch, self.name)
-                log.error(
-                    "events_rejected", sink=self.name, events=len(batch.records), error=str(error)
-                )
+                log.error("events_rejected", sink=self.name, events=len(batch), error=str(error))
                 return "rejected"
             except DeliveryError as error:
                 self.last_error = str(error)
@@ -202,7 +198,7 @@ class SinkWorker:
             break
         self.stats.flush_seconds.labels(self.name).observe(perf_counter() - started)
         EventStats.count(self.stats.delivered, batch, self.name)
-        self.delivered += len(batch.records)
+        self.delivered += len(batch)
         if self.down_since is not None:
             log.info("events_sink_recovered", sink=self.name)
             self.down_since = None
@@ -224,7 +220,7 @@ class SinkWorker:
             log.error(
                 "events_dropped_spool_full",
                 sink=self.name,
-                events=len(batch.records),
+                events=len(batch),
                 spool_bytes=self.spool.bytes,
                 max_bytes=self.spool.max_bytes,
             )

@@ -19,8 +19,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from service.events.delivery import SinkWorker
-from service.events.queue import EventQueue, Item, Recorder
-from service.events.records import Batch, exposure_records
+from service.events.queue import EventQueue, Recorder
+from service.events.records import Batch, Item, batch_of
 from service.events.sessions import Sessions
 from service.events.sinks import Sink
 from service.events.spool import Spool
@@ -109,11 +109,7 @@ class Pipeline:
         }
 
     def _batch(self, items: list[Item]) -> Batch:
-        exposures = [item for item in items if item.__class__ is tuple]
-        built = iter(exposure_records(exposures, int(time.time() * 1000), self.sessions.prefix))
-        # Records built by handlers stay where they were queued: the order events happened in.
-        records = [item if item.__class__ is dict else next(built) for item in items]
-        batch = Batch.of(records)
+        batch = batch_of(items, int(time.time() * 1000), self.sessions.prefix)
         EventStats.count(self.stats.accepted, batch)
         return batch
 

@@ -1,9 +1,10 @@
 """The hot path of event recording: a bounded in-memory queue and the recorder that fills it.
 
 Nothing here awaits or does I/O. Recording an exposure is a session lookup, a membership test
-and a list append; the record itself is built later by the flusher. When the queue reaches its
-capacity (the flusher is starved), its content is handed synchronously to ``on_full``, which
-spills it to the spools instead of blocking or dropping.
+and a list append; the record itself is built later by the flusher. The exposures one request
+makes of one visitor are queued as one item; the queue counts events, not items. When the
+queue reaches its capacity (the flusher is starved), its content is handed synchronously to
+``on_full``, which spills it to the spools instead of blocking or dropping.
 """
 
 from __future__ import annotations
@@ -16,43 +17,43 @@ from typing import Any
 from aiohttp import web
 
 from rules import Decision
-from service.events.records import Exposure
-from service.events.sessions import Sessions, exposure_key
+from service.events.records import Item
+from service.events.sessions import Sessions
 
 __all__ = ["EventQueue", "Item", "Recorder"]
 
-#: An exposure waiting to become a record, or a record already built (conversions, ODP).
-Item = Exposure | dict[str, Any]
-
 
 class EventQueue:
-    """Items waiting for the flusher; it is woken when a batch is full."""
+    """Items waiting for the flusher; it is woken when a batch's worth of events is queued."""
 
     def __init__(
         self, batch_size: int, capacity: int, on_full: Callable[[list[Item]], None]
     ) -> None:
         self.items: list[Item] = []
+        self.events = 0
         self.batch_size = batch_size
         self.capacity = max(capacity, batch_size)
         self.on_full = on_full
         self.wake = asyncio.Event()
 
-    def put(self, item: Item) -> None:
-        items = self.items
-        items.append(item)
-        if len(items) >= self.batch_size:
-            if len(items) >= self.capacity:
+    def put(self, item: Item, events: int = 1) -> None:
+        """Queue an item that stands for ``events`` events."""
+        self.items.append(item)
+        self.events += events
+        if self.events >= self.batch_size:
+            if self.events >= self.capacity:
                 self.on_full(self.take())
             else:
                 self.wake.set()
 
     def take(self) -> list[Item]:
         """Everything queued, leaving the queue empty."""
-        items, self.items = self.items, []
+        items, self.items, self.events = self.items, [], 0
         return items
 
     def __len__(self) -> int:
-        return len(self.items)
+        """How many events are queued."""
+        return self.events
 
 
 class Recorder:
@@ -78,7 +79,7 @@ class Recorder:
     ) -> None:
         """Record that ``visitor`` was shown ``decision`` (it has a rule: callers check)."""
         now = time()
-        number = self.sessions.expose(visitor, now, exposure_key(decision))
+        number = self.sessions.expose(visitor, now, decision.outcome)
         if number is None:
             self.repeated += 1
             return
@@ -96,7 +97,6 @@ class Recorder:
         now = time()
         number, fresh, repeated = self.sessions.expose_all(visitor, now, decisions)
         self.repeated += repeated
-        headers = request.headers
-        put = self.queue.put
-        for decision in fresh:
-            put((now, visitor, number, decision, context, headers, revision))
+        if fresh:
+            item = (now, visitor, number, fresh, context, request.headers, revision)
+            self.queue.put(item, len(fresh))

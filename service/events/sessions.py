@@ -9,41 +9,41 @@ of the limit at a time (their visitors may then be recorded once more: a duplica
 loss).
 
 A session is made for every new visitor, on the decision path, where the cyclic garbage
-collector's work is what costs most once there are many sessions. So a session is a tuple
-``(number, expires, seen)`` of plain values (``seen``: a tuple of exposure keys, themselves
-tuples of strings and numbers), replaced whenever it changes. The collector stops tracking such
-tuples the first time it sees them; and the table itself, made with the app before start-up's
-``gc.freeze()``, is never walked by the collector either. A session's id is only
-spelled out (``id_of``) when a record is built in the background.
+collector's work is what costs most once there are many sessions. So a session is one flat
+tuple ``(number, expires, *outcomes)`` of plain values (an outcome is a decision's
+``Decision.outcome`` text), replaced whenever it changes: the collector stops tracking such a
+tuple the first time it sees it, and the table itself, made with the app before start-up's
+``gc.freeze()``, is never walked either. A session's id is only spelled out (``id_of``) when
+a record is built in the background.
+
+A returning visitor is the common case, so a session active within the last hundredth of the
+window is not touched again for an exposure it already holds: no write, no allocation. A
+session therefore ends between 99% and 100% of ``ttl`` after the visitor's last activity.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from itertools import islice
-from operator import attrgetter
-from typing import Final
+from typing import Any, Final
 
 from rules import Decision
 
-__all__ = ["NUMBER", "SEEN", "ExposureKey", "Session", "Sessions", "exposure_key"]
+__all__ = ["NUMBER", "Session", "Sessions", "outcomes_of"]
 
-#: (flag, rule, variation, flag id, experiment id, variation id): what makes an exposure new
-#: within a session (the ids come along for attribution; they follow from the keys).
-ExposureKey = tuple[str, "str | None", str, "int | None", "int | None", "int | None"]
-#: (number, expires, seen): seen holds the session's exposure keys in the order they happened.
-Session = tuple[int, float, tuple[ExposureKey, ...]]
+#: (number, expires, *outcomes): the outcomes in the order they were first seen.
+Session = tuple[Any, ...]
 NUMBER: Final = 0
 EXPIRES: Final = 1
-SEEN: Final = 2
+FIRST_OUTCOME: Final = 2
 
 
-#: The exposure key of a decision, made in C.
-exposure_key: Callable[[Decision], ExposureKey] = attrgetter(
-    "flag", "rule", "variation", "flag_id", "experiment_id", "variation_id"
-)
+def outcomes_of(session: Session) -> tuple[str, ...]:
+    """The outcomes (``Decision.outcome``) a session was exposed to, oldest first."""
+    outcomes: tuple[str, ...] = session[FIRST_OUTCOME:]
+    return outcomes
 
 
 class Sessions:
@@ -53,21 +53,24 @@ class Sessions:
         self.ttl = ttl
         self.limit = limit
         self.by_visitor: dict[str, Session] = {}
+        # A session whose expiry is further away than this was active within the last
+        # hundredth of the window: a repeat exposure leaves it as it is.
+        self._recent = ttl - ttl / 100
         # Unique across processes and restarts without a uuid per session: a random prefix
         # per process and a counter.
         self.prefix = os.urandom(6).hex()
         self._numbers = itertools.count(1)
 
-    def _current(self, visitor: str, now: float) -> tuple[int, tuple[ExposureKey, ...]]:
-        """The number and exposures of the visitor's live session (a new one if none), taken
-        out of the table: the caller puts it back, at the end of the activity order."""
+    def _current(self, visitor: str, now: float) -> Session:
+        """The visitor's live session, or a new one with no outcomes, taken out of the
+        table: the caller puts it back, at the end of the activity order."""
         by_visitor = self.by_visitor
         session = by_visitor.pop(visitor, None)
         if session is not None and session[EXPIRES] > now:
-            return session[NUMBER], session[SEEN]
+            return session
         if len(by_visitor) >= self.limit:
             self._evict(len(by_visitor) - self.limit + 1 + self.limit // 100)
-        return next(self._numbers), ()
+        return (next(self._numbers), 0.0)
 
     def _evict(self, count: int) -> None:
         by_visitor = self.by_visitor
@@ -76,18 +79,30 @@ class Sessions:
 
     def touch(self, visitor: str, now: float) -> Session:
         """The visitor's current session, extended; a new one if it expired or never was."""
-        number, seen = self._current(visitor, now)
-        session = self.by_visitor[visitor] = (number, now + self.ttl, seen)
+        number, _, *outcomes = self._current(visitor, now)
+        session = self.by_visitor[visitor] = (number, now + self.ttl, *outcomes)
         return session
 
-    def expose(self, visitor: str, now: float, key: ExposureKey) -> int | None:
-        """Note an exposure in the visitor's session: its number if the exposure is new to
-        the session, None if the session already had it."""
-        number, seen = self._current(visitor, now)
-        if key in seen:
-            self.by_visitor[visitor] = (number, now + self.ttl, seen)
+    def expose(self, visitor: str, now: float, outcome: str) -> int | None:
+        """Note an exposure in the visitor's session: the session's number if the outcome is
+        new to it, None if the session already had it."""
+        by_visitor = self.by_visitor
+        session = by_visitor.get(visitor)
+        if session is None:  # a new visitor, the other common case: straight in
+            if len(by_visitor) >= self.limit:
+                self._evict(len(by_visitor) - self.limit + 1 + self.limit // 100)
+            number: int = next(self._numbers)
+            by_visitor[visitor] = (number, now + self.ttl, outcome)
+            return number
+        # A number or an expiry never equals a text, so the whole tuple can be searched.
+        if outcome in session and session[EXPIRES] - now > self._recent:
             return None
-        self.by_visitor[visitor] = (number, now + self.ttl, (*seen, key))
+        session = self._current(visitor, now)
+        number = session[NUMBER]
+        if outcome in session:
+            self.by_visitor[visitor] = (number, now + self.ttl, *session[FIRST_OUTCOME:])
+            return None
+        self.by_visitor[visitor] = (number, now + self.ttl, *session[FIRST_OUTCOME:], outcome)
         return number
 
     def expose_all(
@@ -97,23 +112,28 @@ class Sessions:
         the session number, the decisions new to the session, and how many were repeats.
 
         Written for ``/v1/decide`` over hundreds of flags, where nearly every call repeats
-        what the session already has: keys are made and compared in C (attrgetter, sets)."""
-        number, seen = self._current(visitor, now)
+        what the session already has: the comparison is one set operation in C."""
         ruled = [decision for decision in decisions if decision.rule is not None]
-        keys = list(map(exposure_key, ruled))
-        known = set(seen)
-        if known.issuperset(keys):  # the common case: nothing new
-            self.by_visitor[visitor] = (number, now + self.ttl, seen)
-            return number, [], len(keys)
+        outcomes = [decision.outcome for decision in ruled]
+        session = self.by_visitor.get(visitor)
+        if (
+            session is not None
+            and session[EXPIRES] - now > self._recent
+            and set(session).issuperset(outcomes)
+        ):
+            return session[NUMBER], [], len(outcomes)
+        session = self._current(visitor, now)
+        number: int = session[NUMBER]
+        known = set(session)
         fresh: list[Decision] = []
-        added: list[ExposureKey] = []
-        for decision, key in zip(ruled, keys, strict=True):
-            if key not in known:
-                known.add(key)
-                added.append(key)
+        added: list[str] = []
+        for decision, outcome in zip(ruled, outcomes, strict=True):
+            if outcome not in known:
+                known.add(outcome)
+                added.append(outcome)
                 fresh.append(decision)
-        self.by_visitor[visitor] = (number, now + self.ttl, (*seen, *added))
-        return number, fresh, len(keys) - len(fresh)
+        self.by_visitor[visitor] = (number, now + self.ttl, *session[FIRST_OUTCOME:], *added)
+        return number, fresh, len(outcomes) - len(fresh)
 
     def id_of(self, number: int) -> str:
         return f"{self.prefix}-{number:x}"

@@ -23,6 +23,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import aiohttp
 import orjson
 
+from service.events.records import Batch
+
 __all__ = ["DeliveryError", "FileSink", "HttpSink", "Rejected", "Sink", "parse_sink"]
 
 ALL_KINDS = frozenset({"decision", "conversion", "odp"})
@@ -53,7 +55,7 @@ class Sink(Protocol):
 
     async def open(self) -> None: ...
 
-    async def send(self, records: list[dict[str, Any]]) -> None:
+    async def send(self, batch: Batch) -> None:
         """Deliver every record, or raise ``DeliveryError``."""
 
     async def close(self) -> None: ...
@@ -82,8 +84,8 @@ class FileSink:
     async def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
 
-    async def send(self, records: list[dict[str, Any]]) -> None:
-        data = b"".join([orjson.dumps(record) + b"\n" for record in records])
+    async def send(self, batch: Batch) -> None:
+        data = batch.json_lines()
         try:
             if self._file is None or self._written >= self.max_bytes:
                 self._rotate()
@@ -151,14 +153,14 @@ class HttpSink:
         if self._session is not None:
             await self._session.close()
 
-    async def send(self, records: list[dict[str, Any]]) -> None:
+    async def send(self, batch: Batch) -> None:
         if self.format == "tracker":
-            for payload in tracker_payloads(records, self.source_id):
+            for payload in tracker_payloads(batch.records(), self.source_id):
                 await self._post(orjson.dumps(payload))
         elif self.format == "odp":
-            await self._post(orjson.dumps([odp_event(record) for record in records]))
+            await self._post(orjson.dumps([odp_event(record) for record in batch.records()]))
         else:
-            await self._post(orjson.dumps(records))
+            await self._post(batch.json_array())
 
     async def _post(self, body: bytes) -> None:
         assert self._session is not None, "open() first"

@@ -59,7 +59,7 @@ class Spool:
     def _append(self, batch: Batch, *, capped: bool) -> Path | None:
         if not self._opened:
             self.open()
-        data = b"".join(orjson.dumps(record) + b"\n" for record in batch.records)
+        data = batch.json_lines()
         with self._lock:
             if capped and self.bytes + len(data) > self.max_bytes:
                 return None
@@ -82,8 +82,8 @@ class Spool:
             if not self._files:
                 return None
             path = self._files[0][0]
-        records = [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
-        return path, Batch.of(records)
+        lines = [line for line in path.read_text().splitlines() if line]
+        return path, Batch(lines, [orjson.loads(line)["kind"] for line in lines])
 
     def remove(self, path: Path, *, rejected: bool = False) -> None:
         """Forget a delivered batch (or move a rejected one aside)."""

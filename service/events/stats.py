@@ -83,5 +83,5 @@ class EventStats:
 
     @staticmethod
     def count(counter: Counter, batch: Batch, sink: str | None = None) -> None:
-        for kind, number in batch.kinds.items():
+        for kind, number in batch.counts().items():
             (counter.labels(kind) if sink is None else counter.labels(kind, sink)).inc(number)

@@ -18,7 +18,7 @@ from rules.model import Event
 from service.errors import ApiError, invalid
 from service.events.pipeline import Pipeline
 from service.events.records import conversion_record, new_uuids, odp_record
-from service.events.sessions import NUMBER, SEEN
+from service.events.sessions import NUMBER, outcomes_of
 from service.payloads import Limits, check_context, check_visitor_code, read_json, refuse_unknown
 from service.store import RulesStore
 
@@ -171,7 +171,7 @@ class Tracking:
             seconds=now,
             visitor=visitor,
             session=self.pipeline.sessions.id_of(session[NUMBER]),
-            exposures=session[SEEN],
+            exposures=outcomes_of(session),
             event_key=event.key,
             event_id=event.id,
             attributes=attributes,

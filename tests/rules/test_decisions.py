@@ -369,3 +369,26 @@ def test_decide_all_agrees_with_decide_for_any_visitor_code(visitor: str) -> Non
         assert decision == ruleset.decide(
             key, visitor, {"geo": {"country": "FR"}, "device": "phone"}
         )
+
+
+def test_outcome_names_the_answer_as_json_and_survives_recompiling(demo: rules.Ruleset) -> None:
+    """A decision's outcome is the JSON of its keys and ids, equal for the same answer of
+    two compilations and different for different answers."""
+    import json
+
+    again = rules.load(DEMO_PATH.read_bytes())
+    outcomes = set()
+    for visitor in visitors(200):
+        for key, decision in demo.decide_all(visitor, FRENCH_PHONE).items():
+            expected = [
+                decision.flag,
+                decision.rule,
+                decision.variation,
+                decision.flag_id,
+                decision.experiment_id,
+                decision.variation_id,
+            ]
+            assert expected == json.loads(decision.outcome)
+            assert decision.outcome == again.decide(key, visitor, FRENCH_PHONE).outcome
+            outcomes.add(decision.outcome)
+    assert len(outcomes) > 5

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from service.events.sessions import NUMBER, SEEN, Sessions
+from service.events.sessions import NUMBER, Sessions, outcomes_of
 
-KEY = ("flag", "rule", "on", 1, 2, 3)
-OTHER = ("flag", "rule", "off", 1, 2, 4)
+KEY = '["flag","rule","on",1,2,3]'
+OTHER = '["flag","rule","off",1,2,4]'
 
 
 def test_an_exposure_is_new_once_per_session() -> None:
@@ -15,7 +15,7 @@ def test_an_exposure_is_new_once_per_session() -> None:
     assert first is not None
     assert None is sessions.expose("v", 1.0, KEY)
     assert first == sessions.expose("v", 2.0, OTHER)
-    assert (KEY, OTHER) == sessions.touch("v", 3.0)[SEEN]
+    assert (KEY, OTHER) == outcomes_of(sessions.touch("v", 3.0))
 
 
 def test_a_session_expires_after_its_last_activity() -> None:
@@ -26,6 +26,46 @@ def test_a_session_expires_after_its_last_activity() -> None:
     assert None is sessions.expose("v", 100.0, KEY)
     renewed = sessions.expose("v", 161.0, KEY)
     assert renewed not in (None, number)
+
+
+def test_a_repeat_within_a_hundredth_of_the_window_leaves_the_session_as_it_is() -> None:
+    """A repeat soon after the last activity writes nothing; a later repeat extends the
+    session, so it ends between 99% and 100% of the window after the last activity."""
+    sessions = Sessions(ttl=100, limit=10)
+    number = sessions.expose("v", 0.0, KEY)
+    before = sessions.by_visitor["v"]
+    assert None is sessions.expose("v", 0.5, KEY)
+    assert before is sessions.by_visitor["v"]
+    assert None is sessions.expose("v", 1.5, KEY)
+    assert 101.5 == sessions.by_visitor["v"][1]
+    assert None is sessions.expose("v", 101.0, KEY)  # 99.5 s after the last write: same one
+    assert number != sessions.expose("v", 202.0, KEY)
+
+
+def test_a_number_or_expiry_never_passes_for_an_outcome() -> None:
+    """Searching the whole session tuple finds outcomes only."""
+    sessions = Sessions(ttl=60, limit=10)
+    number = sessions.expose("v", 0.0, KEY)
+    assert number is not None
+    assert number == sessions.expose("v", 0.1, str(number))
+    assert number == sessions.expose("v", 0.2, "60.0")
+
+
+def test_expose_all_returns_only_outcomes_new_to_the_session() -> None:
+    """Many decisions at once: the new ones in order, the repeats counted."""
+    import rules
+    from tests.rules.helpers import DEMO_PATH
+
+    ruleset = rules.load(DEMO_PATH.read_bytes())
+    decisions = list(ruleset.decide_all("visitor-7", {"geo": {"country": "FR"}}).values())
+    ruled = [decision for decision in decisions if decision.rule is not None]
+    assert ruled, "the demo has flags answered by rules"
+    sessions = Sessions(ttl=60, limit=10)
+    number, fresh, repeated = sessions.expose_all("visitor-7", 0.0, decisions)
+    assert (ruled, 0) == (fresh, repeated)
+    assert (number, [], len(ruled)) == sessions.expose_all("visitor-7", 0.1, decisions)
+    assert (number, [], len(ruled)) == sessions.expose_all("visitor-7", 30.0, decisions)
+    assert tuple(d.outcome for d in ruled) == outcomes_of(sessions.by_visitor["visitor-7"])
 
 
 def test_sweeping_forgets_expired_sessions_only() -> None:

@@ -1,0 +1,132 @@
+"""Records as the flusher writes them: rows pasted from shared JSON parts, in queue order."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import rules
+from service.events.records import (
+    CLIENT_VERSION,
+    Batch,
+    Item,
+    attribution,
+    batch_of,
+    new_uuids,
+)
+from tests.service.conftest import DEMO
+
+RULESET = rules.load(DEMO.read_bytes())
+CONTEXT = {"geo": {"country": "FR"}, "device": "phone", "age": 31}
+HEADERS = {"User-Agent": "shop/1.0", "Referer": "https://shop.example/"}
+
+
+def ruled(visitor: str) -> list[rules.Decision]:
+    decisions = RULESET.decide_all(visitor, CONTEXT).values()
+    return [decision for decision in decisions if decision.rule is not None]
+
+
+def expected_row(decision: rules.Decision, visitor: str, number: int) -> dict[str, Any]:
+    """The row as the export schema has it, built field by field (uuid left out)."""
+    return {
+        "kind": "decision",
+        "timestamp": 1_700_000_000_123,
+        "process_timestamp": 1_700_000_001_000,
+        "visitor_id": visitor,
+        "session_id": f"p-{number:x}",
+        "campaign_id": str(decision.flag_id) if decision.flag_id is not None else decision.flag,
+        "experiment_id": str(decision.experiment_id)
+        if decision.experiment_id is not None
+        else decision.rule,
+        "variation_id": str(decision.variation_id)
+        if decision.variation_id is not None
+        else decision.variation,
+        "flag": decision.flag,
+        "rule": decision.rule,
+        "variation": decision.variation,
+        "is_holdback": False,
+        "client_engine": "flagpost",
+        "client_version": CLIENT_VERSION,
+        "attributes": [
+            {"id": "geo", "name": "geo", "type": "custom", "value": '{"country":"FR"}'},
+            {"id": "device", "name": "device", "type": "custom", "value": "phone"},
+            {"id": "age", "name": "age", "type": "custom", "value": "31"},
+        ],
+        "user_agent": "shop/1.0",
+        "referer": "https://shop.example/",
+        "revision": "r9",
+    }
+
+
+def test_rows_keep_queue_order_and_match_the_export_fields() -> None:
+    """Exposure items become one row per decision, handler records stay where they were
+    queued, and every row parses to the export schema's fields."""
+    many, one = ruled("visitor-1"), ruled("visitor-2")[0]
+    conversion = {"kind": "conversion", "uuid": "c-1", "visitor_id": "visitor-1"}
+    items: list[Item] = [
+        (1_700_000_000.1234, "visitor-1", 10, many, CONTEXT, HEADERS, "r9"),
+        conversion,
+        (1_700_000_000.1234, "visitor-2", 11, one, CONTEXT, HEADERS, "r9"),
+    ]
+    batch = batch_of(items, 1_700_000_001_000, "p")
+    rows = batch.records()
+    assert rows == json.loads(batch.json_array())
+    assert rows == [json.loads(line) for line in batch.json_lines().decode().splitlines()]
+    assert ["decision"] * len(many) + ["conversion", "decision"] == batch.kinds
+    assert conversion == rows[len(many)]
+    expected = [expected_row(d, "visitor-1", 10) for d in many]
+    expected += [expected_row(one, "visitor-2", 11)]
+    decision_rows = rows[: len(many)] + rows[len(many) + 1 :]
+    for row in decision_rows:
+        assert 4 == uuid.UUID(row.pop("uuid")).version
+    assert expected == decision_rows
+
+
+def test_undecodable_header_bytes_become_replacement_characters() -> None:
+    """A header with bytes that are not UTF-8 (lone surrogates once decoded) does not fail
+    the batch; the row says what could be read."""
+    headers = {"User-Agent": "bot/\udcff1.0"}
+    decision = ruled("visitor-3")[0]
+    [row] = batch_of([(1.0, "visitor-3", 1, decision, {}, headers, "r")], 0, "p").records()
+    assert "bot/" in row["user_agent"]
+    assert "\ufffd" in row["user_agent"]
+    assert [] == row["attributes"]
+    assert None is row["referer"]
+
+
+def test_a_batch_filtered_by_kind_keeps_lines_and_kinds_together() -> None:
+    """only() picks the records of the kinds a sink takes, and is the batch itself when
+    nothing is left out."""
+    batch = Batch.of(
+        [{"kind": "odp", "n": 1}, {"kind": "decision", "n": 2}, {"kind": "odp", "n": 3}]
+    )
+    odp = batch.only(frozenset({"odp"}))
+    assert [{"kind": "odp", "n": 1}, {"kind": "odp", "n": 3}] == odp.records()
+    assert ["odp", "odp"] == odp.kinds
+    assert batch is batch.only(frozenset({"odp", "decision"}))
+    assert {"odp": 2, "decision": 1} == batch.counts()
+
+
+def test_uuids_are_random_version_4_and_distinct() -> None:
+    """Each generated uuid reads back as a version 4, RFC 4122 uuid, and none repeats."""
+    made = new_uuids(5000)
+    assert 5000 == len(set(made))
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert (4, uuid.RFC_4122, text) == (parsed.version, parsed.variant, str(parsed))
+
+
+def test_attribution_lists_the_sessions_outcomes_with_their_ids() -> None:
+    """A conversion's experiments come from the outcomes its session holds."""
+    decisions = ruled("visitor-4")
+    experiments = attribution(decision.outcome for decision in decisions)
+    assert [
+        {
+            "campaign_id": str(d.flag_id) if d.flag_id is not None else d.flag,
+            "experiment_id": str(d.experiment_id) if d.experiment_id is not None else d.rule,
+            "variation_id": str(d.variation_id) if d.variation_id is not None else d.variation,
+            "is_holdback": False,
+        }
+        for d in decisions
+    ] == experiments
