@@ -81,7 +81,7 @@ class SplitTable(Generic[T]):
     exactly that many buckets, and appending a choice at the end takes only from the last one.
     """
 
-    __slots__ = ("_choices", "_ends")
+    __slots__ = ("choices", "ends")
 
     def __init__(self, weighted: Sequence[tuple[T, int]]) -> None:
         ends: list[int] = []
@@ -95,9 +95,10 @@ class SplitTable(Generic[T]):
             choices.append(choice)
         if total != BUCKETS:
             raise ValueError(f"weights sum to {total} buckets, not {BUCKETS}")
-        self._ends = tuple(ends)
-        self._choices = tuple(choices)
+        #: Read-only: where each choice's range ends, and the choices, in the same order.
+        self.ends = tuple(ends)
+        self.choices = tuple(choices)
 
     def pick(self, bucket_value: int) -> T:
         """Return the choice whose range holds ``bucket_value``."""
-        return self._choices[bisect_right(self._ends, bucket_value)]
+        return self.choices[bisect_right(self.ends, bucket_value)]

@@ -34,6 +34,19 @@ __all__ = ["CompiledEnvironment", "Evaluator", "compile_document", "compile_docu
 Attributes = Mapping[str, Any]
 Evaluator = Callable[[str, Attributes, "float | None"], Decision]
 RuleStep = Callable[[str, Attributes, "float | None"], "Decision | None"]
+#: A rule that buckets by the visitor code, as ``decide_all``'s loop reads it: (condition or
+#: None, UTF-8 exposure prefix or None when the rule takes everyone it matches, exposure in
+#: buckets, the decision when the rule gives one variation or None, UTF-8 split prefix, the
+#: split's range ends, the split's decisions). The same arithmetic as ``rules.bucketing``.
+VisitorRule = tuple[
+    "Predicate | None",
+    "bytes | None",
+    int,
+    "Decision | None",
+    bytes,
+    tuple[int, ...],
+    tuple[Decision, ...],
+]
 UnitOf = Callable[[str, Attributes], "str | None"]
 
 
@@ -50,6 +63,9 @@ class CompiledEnvironment:
     #: Plain percentage rollouts, evaluated in one loop by ``decide_all`` rather than one
     #: call each: (key, UTF-8 salt prefix, exposure in buckets, inside, outside).
     rollouts: tuple[tuple[str, bytes, int, Decision, Decision], ...]
+    #: The other flags whose rules all bucket by the visitor code (segment targeting then a
+    #: rollout, experiments, ...), also run by ``decide_all`` in one loop: (key, rules, default).
+    bucketed: tuple[tuple[str, tuple[VisitorRule, ...], Decision], ...]
     #: Flags whose answer depends on the evaluation time (so only they need the clock).
     clocked: frozenset[str]
 
@@ -100,22 +116,33 @@ def _compile_environment(document: Document, env: str) -> Steps[CompiledEnvironm
     conditions = _ConditionCompiler(document, evaluators)
     clocked: set[str] = set()
     rollouts: list[tuple[str, bytes, int, Decision, Decision]] = []
+    bucketed: list[tuple[str, tuple[VisitorRule, ...], Decision]] = []
     for key, flag in document.flags.items():  # in prerequisite order
         compiled = _compile_flag(flag, env, conditions.compile)
         evaluators[key] = compiled.evaluate
         if compiled.constant is not None:
             constants[key] = compiled.constant
-        elif compiled.rollout is not None:
+            yield
+            continue
+        if compiled.rollout is not None:
             rollouts.append((key, *compiled.rollout))
-        elif _reads_clock(flag.rules[env], document.segments, clocked):
+        elif compiled.bucketed is not None:
+            bucketed.append((key, *compiled.bucketed))
+        if compiled.rollout is None and _reads_clock(flag.rules[env], document.segments, clocked):
             clocked.add(key)
         yield
-    batched = {key for key, *_ in rollouts}
+    batched = {key for key, *_ in rollouts} | {key for key, *_ in bucketed}
     dynamic = tuple(
         (key, ev) for key, ev in evaluators.items() if key not in constants and key not in batched
     )
     return CompiledEnvironment(
-        env, evaluators, constants, dynamic, tuple(rollouts), frozenset(clocked)
+        env,
+        evaluators,
+        constants,
+        dynamic,
+        tuple(rollouts),
+        tuple(bucketed),
+        frozenset(clocked),
     )
 
 
@@ -148,8 +175,17 @@ class _Decisions:
             key: MappingProxyType({**defaults, **variation.overrides})
             for key, variation in flag.variations.items()
         }
+        self.made: dict[tuple[str, str | None, Reason], Decision] = {}
 
     def make(self, variation_key: str, rule: Rule | None, reason: Reason) -> Decision:
+        """The decision, made once: a flag's evaluator and decide_all's batch share it."""
+        key = (variation_key, rule.key if rule else None, reason)
+        made = self.made.get(key)
+        if made is None:
+            made = self.made[key] = self._build(variation_key, rule, reason)
+        return made
+
+    def _build(self, variation_key: str, rule: Rule | None, reason: Reason) -> Decision:
         variation = self.flag.variations[variation_key]
         active = variation_key != "off"
         return Decision(
@@ -173,6 +209,9 @@ class CompiledFlag(NamedTuple):
     constant: Decision | None = None
     #: The parts of a plain percentage rollout, for decide_all's batch.
     rollout: RolloutParts | None = None
+    #: The rules and default of a flag whose rules all bucket by the visitor code, for
+    #: decide_all's other batch.
+    bucketed: tuple[tuple[VisitorRule, ...], Decision] | None = None
 
 
 def _compile_flag(
@@ -193,10 +232,17 @@ def _compile_flag(
     if len(rules) == 1 and _is_plain_rollout(first):
         rollout, parts = _compile_rollout(first, decisions, default)
         return CompiledFlag(rollout, rollout=parts)
-    steps = tuple(_compile_rule(rule, decisions, compile_in_env) for rule in rules)
+    conditions = [compile_in_env(rule.condition) if rule.condition else None for rule in rules]
+    steps = tuple(map(_compile_rule, rules, [decisions] * len(rules), conditions))
+    bucketed: tuple[tuple[VisitorRule, ...], Decision] | None = None
+    if all(rule.bucket_by is None for rule in rules):
+        visitor_rules = tuple(map(_visitor_rule, rules, [decisions] * len(rules), conditions))
+        bucketed = (visitor_rules, default)
     if len(steps) == 1:
         only = steps[0]
-        return CompiledFlag(lambda unit, attrs, now: only(unit, attrs, now) or default)
+        return CompiledFlag(
+            lambda unit, attrs, now: only(unit, attrs, now) or default, bucketed=bucketed
+        )
 
     def evaluate(unit: str, attrs: Attributes, now: float | None) -> Decision:
         for step in steps:
@@ -205,7 +251,7 @@ def _compile_flag(
                 return decision
         return default
 
-    return CompiledFlag(evaluate)
+    return CompiledFlag(evaluate, bucketed=bucketed)
 
 
 def _is_plain_rollout(rule: Rule) -> bool:
@@ -242,11 +288,26 @@ def _shares(rule: Rule) -> list[tuple[str, int]]:
     return [(variation, buckets) for variation, buckets in rule.split if buckets > 0]
 
 
-def _compile_rule(
-    rule: Rule, decisions: _Decisions, compile_in_env: Callable[[Condition], Predicate]
-) -> RuleStep:
+def _visitor_rule(rule: Rule, decisions: _Decisions, condition: Predicate | None) -> VisitorRule:
+    """A rule that buckets by the visitor code, as ``decide_all``'s loop reads it."""
+    exposure = rule.exposure_salt + SEPARATOR if rule.exposure < BUCKETS else None
+    split = (rule.split_salt + SEPARATOR).encode("utf-8", "surrogatepass")
+    if rule.variation is not None:
+        reason = Reason.TARGETING_MATCH if exposure is None else Reason.SPLIT
+        only = decisions.make(rule.variation, rule, reason)
+        return (condition, _utf8(exposure), rule.exposure, only, split, (), ())
+    table = SplitTable([(decisions.make(v, rule, Reason.SPLIT), b) for v, b in _shares(rule)])
+    fixed = table.choices[0] if len(table.choices) == 1 else None
+    return (condition, _utf8(exposure), rule.exposure, fixed, split, table.ends, table.choices)
+
+
+def _utf8(text: str | None) -> bytes | None:
+    # The bytes bucket_prefixed hashes, lone surrogates included.
+    return text.encode("utf-8", "surrogatepass") if text is not None else None
+
+
+def _compile_rule(rule: Rule, decisions: _Decisions, condition: Predicate | None) -> RuleStep:
     """One rule as a step that returns its decision when it applies, else None."""
-    condition = compile_in_env(rule.condition) if rule.condition is not None else None
     unit_of = _unit_getter(rule.bucket_by)
     exposure = rule.exposure if rule.exposure < BUCKETS else None
     exposure_prefix = rule.exposure_salt + SEPARATOR

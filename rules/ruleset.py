@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from time import time
@@ -188,7 +189,9 @@ class Ruleset:
         now: Now,
     ) -> dict[str, Decision]:
         attrs, moment = self._check(visitor_code, context, now, env.clocked)
-        _decide_rollouts(env, visitor_code, decisions)
+        unit = visitor_code.encode("utf-8", "surrogatepass")
+        _decide_rollouts(env, unit, decisions)
+        _decide_bucketed(env, visitor_code, unit, attrs, moment, decisions)
         for key, evaluate in env.dynamic:
             decisions[key] = evaluate(visitor_code, attrs, moment)
         return decisions
@@ -258,16 +261,50 @@ class Ruleset:
         return context, _seconds(now)
 
 
-def _decide_rollouts(
-    env: CompiledEnvironment, visitor_code: str, into: dict[str, Decision]
-) -> None:
+def _decide_rollouts(env: CompiledEnvironment, unit: bytes, into: dict[str, Decision]) -> None:
     """Every plain rollout of ``env`` in one loop: the visitor code is encoded once, and no
     function is called per flag but the hash. The same arithmetic as ``rules.bucketing``."""
-    unit = visitor_code.encode("utf-8", "surrogatepass")
     for key, prefix, exposure, inside, outside in env.rollouts:
         into[key] = (
             inside if (xxh3_64_intdigest(prefix + unit) * BUCKETS) >> 64 < exposure else outside
         )
+
+
+def _decide_bucketed(
+    env: CompiledEnvironment,
+    visitor_code: str,
+    unit: bytes,
+    attrs: Mapping[str, Any],
+    now: float | None,
+    into: dict[str, Decision],
+) -> None:
+    """Every flag whose rules all bucket by the visitor code, in one loop: what each flag's
+    evaluator does rule by rule, without the calls (only a rule's condition is called)."""
+    for key, visitor_rules, default in env.bucketed:
+        for (
+            condition,
+            exposure_prefix,
+            exposure,
+            fixed,
+            split_prefix,
+            ends,
+            choices,
+        ) in visitor_rules:
+            if condition is not None and not condition(visitor_code, attrs, now):
+                continue
+            if (
+                exposure_prefix is not None
+                and (xxh3_64_intdigest(exposure_prefix + unit) * BUCKETS) >> 64 >= exposure
+            ):
+                continue
+            if fixed is not None:
+                into[key] = fixed
+            else:
+                bucket = (xxh3_64_intdigest(split_prefix + unit) * BUCKETS) >> 64
+                into[key] = choices[bisect_right(ends, bucket)]
+            break
+        else:
+            into[key] = default
 
 
 def _seconds(now: float | datetime) -> float:

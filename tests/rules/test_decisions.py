@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,10 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rules
+from bench.generate import generate
 from rules import Reason
 from tests.rules.helpers import DEMO_PATH, demo_document, one_flag, visitors
 
 FRENCH_PHONE = {"geo": {"country": "FR"}, "device": "phone"}
+GENERATED = rules.load(generate(400, seed=5))
 STAFF = {"email": "ann@flagpost.example"}
 
 
@@ -392,3 +395,35 @@ def test_outcome_names_the_answer_as_json_and_survives_recompiling(demo: rules.R
             assert decision.outcome == again.decide(key, visitor, FRENCH_PHONE).outcome
             outcomes.add(decision.outcome)
     assert len(outcomes) > 5
+
+
+GENERATED_CONTEXTS: list[dict[str, Any]] = [
+    {},
+    {"geo": {"country": "FR"}, "device": "phone", "app_version": "4.3.1"},
+    {"plan": "pro", "email": "ann@example.com"},
+    {"geo": {"country": "US"}, "device": "desktop", "plan": "free", "app_version": "3.0"},
+]
+
+
+@given(
+    visitor=st.text(min_size=1, max_size=40),
+    context=st.sampled_from(GENERATED_CONTEXTS),
+)
+def test_decide_all_batches_agree_with_one_flag_at_a_time(
+    visitor: str, context: dict[str, Any]
+) -> None:
+    """Segment targeting then rollout, experiments and prerequisites decided in decide_all's
+    batches give exactly what deciding each flag alone gives, segments matched or not."""
+    every = GENERATED.decide_all(visitor, context)
+    assert {key: GENERATED.decide(key, visitor, context) for key in every} == every
+
+
+def test_generated_rules_exercise_every_batched_shape() -> None:
+    """The generated ruleset reaches targeted, split and default answers in decide_all."""
+    reasons = Counter(
+        decision.reason
+        for visitor in visitors(50)
+        for context in GENERATED_CONTEXTS
+        for decision in GENERATED.decide_all(visitor, context).values()
+    )
+    assert {Reason.TARGETING_MATCH, Reason.SPLIT, Reason.DEFAULT, Reason.STATIC} <= set(reasons)
