@@ -182,26 +182,30 @@ def batch_of(items: list[Item], process_ms: int, session_prefix: str) -> Batch:
             continue
         seconds, visitor, number, decided, context, headers, revision = item
         decisions = decided if isinstance(decided, list) else (decided,)
-        visit = (
-            f'"timestamp":{int(seconds * 1000)},"process_timestamp":{process_ms},'
-            f'"session_id":"{session_prefix}-{number:x}"'
-        )
-        request = _dumps(
-            {
-                "visitor_id": visitor,
-                "attributes": attribute_list(context),
-                "user_agent": headers.get(hdrs.USER_AGENT),  # istr: no case folding per call
-                "referer": headers.get(hdrs.REFERER),
-                "revision": revision,
-            }
-        )[1:-1]
+        shared = {  # what the request's rows have in common, serialized once
+            "timestamp": int(seconds * 1000),
+            "process_timestamp": process_ms,
+            "session_id": f"{session_prefix}-{number:x}",
+            "visitor_id": visitor,
+            "attributes": [
+                {"id": name, "name": name, "type": "custom", "value": _text(value)}
+                for name, value in context.items()
+            ],
+            "user_agent": headers.get(hdrs.USER_AGENT),  # istr: no case folding per call
+            "referer": headers.get(hdrs.REFERER),
+            "revision": revision,
+        }
+        try:
+            request = orjson.dumps(shared)[1:-1].decode()
+        except orjson.JSONEncodeError:
+            request = _dumps(shared)[1:-1]
         for decision in decisions:
             part = decision_parts.get(id(decision))
             if part is None:
                 part = decision_parts[id(decision)] = _dumps(_decision_part(decision))[1:-1]
             lines.append(
                 f'{{"kind":"decision","uuid":"{g[u]}{g[u + 1]}-{g[u + 2]}-{g[u + 3]}-'
-                f'{g[u + 4]}-{g[u + 5]}{g[u + 6]}{g[u + 7]}",{visit},{part},{request}}}'
+                f'{g[u + 4]}-{g[u + 5]}{g[u + 6]}{g[u + 7]}",{request},{part}}}'
             )
             u += 8
         kinds += ["decision"] * len(decisions)
