@@ -230,7 +230,7 @@ def report(results: dict[str, float], swapped: bool, seconds: int) -> None:
         f"python {sys.version.split()[0]}, {seconds}s a measurement, server: core 0, load: core 1"
     )
     for name, value in results.items():
-        print(f"{name:55} {value:>10,.1f}")
+        print(f"{name:66} {value:>10,.1f}")
     checks = [
         ("single decision / bare handler", ratio, ratio >= 0.85, ">= 0.85"),
         *(
@@ -252,7 +252,7 @@ def report(results: dict[str, float], swapped: bool, seconds: int) -> None:
     ]
     print()
     for name, value, ok, target in checks:
-        print(f"{name:55} {value:>10,.2f}  target {target:8} {'ok' if ok else 'MISS'}")
+        print(f"{name:66} {value:>10,.2f}  target {target:8} {'ok' if ok else 'MISS'}")
     if not swapped:
         print("the 10,000-flag ruleset was not swapped in during the run")
 

@@ -8,7 +8,8 @@ Exposures are queued as cheap tuples on the hot path and become records here, in
 background flusher, written straight to JSON text: a batch is mostly a few decisions and the
 contexts of a few requests, so the JSON of each decision's ids and of each request's visitor,
 attributes and headers is made once and every row pastes them together with its own uuid.
-That is three times cheaper than building a dict per row for ``orjson``. Conversions and ODP
+Measured against building a dict per row for ``orjson``: 2.7 times cheaper for the rows of a
+``/v1/decide``, about a quarter cheaper for a single decision's row. Conversions and ODP
 events are built as dicts by their handlers and serialized when batched.
 """
 
