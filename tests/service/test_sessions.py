@@ -98,3 +98,20 @@ def test_session_ids_are_distinct() -> None:
     a, b = one.touch("a", 0.0)[NUMBER], one.touch("b", 0.0)[NUMBER]
     assert one.id_of(a) != one.id_of(b)
     assert one.id_of(a) != two.id_of(two.touch("a", 0.0)[NUMBER])
+
+
+def test_sessions_hold_nothing_the_garbage_collector_has_to_track() -> None:
+    """After one collection, a session with exposures is an untracked tuple, so a table of
+    hundreds of thousands of sessions costs the collector nothing."""
+    import gc
+
+    import rules
+    from tests.rules.helpers import DEMO_PATH
+
+    ruleset = rules.load(DEMO_PATH.read_bytes())
+    decisions = list(ruleset.decide_all("visitor-9", {"geo": {"country": "FR"}}).values())
+    sessions = Sessions(ttl=60, limit=10)
+    sessions.expose_all("visitor-9", 0.0, decisions)
+    sessions.expose("visitor-8", 0.0, KEY)
+    gc.collect()
+    assert [False, False] == [gc.is_tracked(s) for s in sessions.by_visitor.values()]
