@@ -36,6 +36,7 @@ __all__ = [
     "attribute_list",
     "batch_of",
     "conversion_record",
+    "events_in",
     "new_uuids",
     "odp_record",
     "tag_map",
@@ -55,6 +56,13 @@ Exposure = tuple[
 ]
 #: An exposure waiting to become records, or a record already built (conversions, ODP).
 Item = Exposure | dict[str, Any]
+
+
+def events_in(item: Item) -> int:
+    """How many events a queued item stands for (the exposures of a request are one item)."""
+    if isinstance(item, dict):
+        return 1
+    return len(item[3]) if isinstance(item[3], list) else 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +174,7 @@ def batch_of(items: list[Item], process_ms: int, session_prefix: str) -> Batch:
 
     The JSON of each decision's part (ids, keys) is made once per batch and shared (the
     batch's items keep those decisions alive, so their ids cannot be reused meanwhile)."""
-    exposures = sum(
-        len(item[3]) if isinstance(item[3], list) else 1
-        for item in items
-        if not isinstance(item, dict)
-    )
+    exposures = sum(events_in(item) for item in items if not isinstance(item, dict))
     g = _uuid_groups(exposures)
     u = 0  # where the next uuid's groups start
     decision_parts: dict[int, str] = {}

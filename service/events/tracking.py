@@ -17,7 +17,7 @@ from aiohttp import web
 from rules.model import Event
 from service.errors import ApiError, invalid
 from service.events.pipeline import Pipeline
-from service.events.records import conversion_record, new_uuids, odp_record
+from service.events.records import conversion_record, events_in, new_uuids, odp_record
 from service.events.sessions import NUMBER, outcomes_of
 from service.payloads import Limits, check_context, check_visitor_code, read_json, refuse_unknown
 from service.store import RulesStore
@@ -215,7 +215,9 @@ class Tracking:
     async def flush(self, request: web.Request) -> web.Response:
         visitor = check_visitor_code(request.match_info["visitor_code"])
         await read_json(request, self.limits)  # a body, if any, must still be valid JSON
-        pending = sum(1 for item in self.pipeline.queue.items if _visitor_of(item) == visitor)
+        pending = sum(
+            events_in(item) for item in self.pipeline.queue.items if _visitor_of(item) == visitor
+        )
         self.pipeline.flush()
         body = {"visitor_code": visitor, "flushed": pending}
         return web.Response(body=orjson.dumps(body), status=202, content_type="application/json")

@@ -359,12 +359,19 @@ async def test_malformed_event_bodies_are_refused(api: Api, tmp_path: Path, raw:
 
 
 async def test_flush_reports_the_visitors_pending_events(start: AppFactory) -> None:
-    """The flush answer counts the visitor's events that were waiting."""
+    """The flush answer counts the visitor's events that were waiting, each exposure of a
+    /v1/decide included."""
+    visitor, exposures = next(
+        (code, count)
+        for code in (f"visitor-{n}" for n in range(1000))
+        if (count := sum(d.rule is not None for d in RULESET.decide_all(code, FR_PHONE).values()))
+        > 1
+    )
     async with start(flush_interval=3600.0) as api:
         for goal in (83023, 83024):
             await api.post(
                 "/v1/visitors/{visitor_code}/conversions",
-                {"visitor_code": "early"},
+                {"visitor_code": visitor},
                 json={"goal_id": goal},
             )
         await api.post(
@@ -372,8 +379,10 @@ async def test_flush_reports_the_visitors_pending_events(start: AppFactory) -> N
             {"visitor_code": "other"},
             json={"goal_id": 83025},
         )
-        reply = await api.post("/v1/visitors/{visitor_code}/flush", {"visitor_code": "early"})
-    assert {"visitor_code": "early", "flushed": 2} == reply.body
+        decided = await api.post("/v1/decide", json={"visitor_code": visitor, "context": FR_PHONE})
+        assert 200 == decided.status
+        reply = await api.post("/v1/visitors/{visitor_code}/flush", {"visitor_code": visitor})
+    assert {"visitor_code": visitor, "flushed": 2 + exposures} == reply.body
 
 
 async def test_config_and_metrics_show_the_sinks(api: Api, tmp_path: Path) -> None:
