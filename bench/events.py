@@ -151,6 +151,7 @@ async def pipeline_throughput(count: int, per_request: list[rules.Decision]) -> 
                 context = dict(CONTEXT)  # each request parses its own
                 put((now, f"visitor-{number}", number, one, context, REQUEST.headers, "r1"), size)
             await asyncio.sleep(0)  # the flusher and the worker share the loop, as in serving
+        pipeline.flush()  # the last partial batch, rather than waiting for the flush interval
         while worker.delivered < count:
             await asyncio.sleep(0.001)
         elapsed = time.perf_counter() - started

@@ -1,8 +1,15 @@
 """The events pipeline: the queue, the sessions, the flusher task and one worker per sink.
 
 The flusher wakes when a batch is full or ``flush_interval`` has passed, turns what is queued
-into records once, and hands the batch to every sink's worker. Stopping drains: the queue is
-flushed, each worker gets ``drain_timeout`` seconds to deliver, the rest is spooled.
+into records once, and hands the batch to every sink's worker. It builds a batch in slices of
+about two milliseconds, handing the event loop back in between, so requests never wait behind
+a whole batch or a backlog (500 single-decision rows take 2 to 4 ms on the benchmark machine;
+1 ms slices cost the pipeline 10 to 20 % of its throughput there, 2 ms ones nothing
+measurable). A flush asked for meanwhile
+(``flush``: the flush endpoint, a full queue, stopping) first finishes the batch being built,
+so batches keep their order and nothing taken from the queue is left behind. Stopping drains:
+the queue is flushed, each worker gets ``drain_timeout`` seconds to deliver, the rest is
+spooled.
 """
 
 from __future__ import annotations
@@ -14,13 +21,15 @@ import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from rules.steps import Steps, finish
 from service.events.delivery import SinkWorker
 from service.events.queue import EventQueue, Recorder
-from service.events.records import Batch, Item, batch_of
+from service.events.records import Batch, Item, batch_steps, events_in
 from service.events.sessions import Sessions
 from service.events.sinks import Sink
 from service.events.spool import Spool
@@ -30,6 +39,9 @@ from service.logs import get_logger
 __all__ = ["Pipeline"]
 
 log = get_logger(__name__)
+
+#: The longest the flusher holds the event loop while building a batch, in seconds.
+SLICE_SECONDS = 0.002
 
 
 class Pipeline:
@@ -66,6 +78,8 @@ class Pipeline:
         self.stats.watch_queue(lambda: len(self.queue))
         self._repeated_counted = 0
         self._task: asyncio.Task[None] | None = None
+        #: The batch the flusher is building in slices, if any.
+        self._building: Steps[Batch] | None = None
 
     async def start(self) -> None:
         for worker in self.workers:
@@ -86,20 +100,19 @@ class Pipeline:
         self.queue.put(record)
 
     def flush(self) -> int:
-        """Hand everything queued to the sinks now; returns how many events that was."""
+        """Hand everything queued to the sinks now (after the batch the flusher may be
+        building); returns how many queued events that was."""
+        self._finish_building()
         items = self.queue.take()
         if items:
-            batch = self._batch(items)
-            for worker in self.workers:
-                worker.submit(batch)
-        return len(items)
+            self._submit(finish(self._steps(items)))
+        return sum(map(events_in, items))
 
     def spill(self, items: list[Item]) -> None:
         """The queue is full: the flusher is not keeping up, so this batch goes to the
         workers now, and a worker whose outbox is long spools it (``SinkWorker.submit``)."""
-        batch = self._batch(items)
-        for worker in self.workers:
-            worker.submit(batch)
+        self._finish_building()
+        self._submit(finish(self._steps(items)))
 
     def health(self) -> dict[str, Any]:
         return {
@@ -108,10 +121,35 @@ class Pipeline:
             "sinks": [worker.health() for worker in self.workers],
         }
 
-    def _batch(self, items: list[Item]) -> Batch:
-        batch = batch_of(items, int(time.time() * 1000), self.sessions.prefix)
+    def _steps(self, items: list[Item]) -> Steps[Batch]:
+        return batch_steps(items, int(time.time() * 1000), self.sessions.prefix)
+
+    def _submit(self, batch: Batch) -> None:
         EventStats.count(self.stats.accepted, batch)
-        return batch
+        for worker in self.workers:
+            worker.submit(batch)
+
+    def _finish_building(self) -> None:
+        building, self._building = self._building, None
+        if building is not None:
+            self._submit(finish(building))
+
+    async def _flush_in_slices(self) -> None:
+        items = self.queue.take()
+        if not items:
+            return
+        self._building = steps = self._steps(items)
+        deadline = perf_counter() + SLICE_SECONDS
+        while self._building is steps:  # else a flush() finished and submitted it
+            try:
+                next(steps)
+            except StopIteration as done:
+                self._building = None
+                self._submit(done.value)
+                return
+            if perf_counter() >= deadline:
+                await asyncio.sleep(0)
+                deadline = perf_counter() + SLICE_SECONDS
 
     async def _flush_forever(self) -> None:
         wake = self.queue.wake
@@ -122,7 +160,7 @@ class Pipeline:
                 async with asyncio.timeout(self.flush_interval):
                     await wake.wait()
             wake.clear()
-            self.flush()
+            await self._flush_in_slices()
             repeated = self.recorder.repeated
             self.stats.repeated.inc(repeated - self._repeated_counted)
             self._repeated_counted = repeated

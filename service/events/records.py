@@ -26,6 +26,7 @@ import orjson
 from aiohttp import hdrs
 
 from rules import Decision
+from rules.steps import Steps, finish
 
 __all__ = [
     "CLIENT_ENGINE",
@@ -35,6 +36,7 @@ __all__ = [
     "Item",
     "attribute_list",
     "batch_of",
+    "batch_steps",
     "conversion_record",
     "events_in",
     "new_uuids",
@@ -105,6 +107,9 @@ class Batch:
         return ("[" + ",".join(self.lines) + "]").encode()
 
 
+#: Rows built between two steps of ``batch_steps``.
+STEP_ROWS = 32
+
 # Version 4 and the RFC 4122 variant, set on a whole batch's random bytes at once.
 _VERSION = bytes((byte & 0x0F) | 0x40 for byte in range(256))
 _VARIANT = bytes((byte & 0x3F) | 0x80 for byte in range(256))
@@ -169,18 +174,28 @@ def _id(number: int | None, key: str | None) -> str | None:
 
 
 def batch_of(items: list[Item], process_ms: int, session_prefix: str) -> Batch:
+    """The batch of queued items, built at once."""
+    return finish(batch_steps(items, process_ms, session_prefix))
+
+
+def batch_steps(items: list[Item], process_ms: int, session_prefix: str) -> Steps[Batch]:
     """The batch of queued items, in the order they were queued (the order events happened
-    in): each exposure becomes decision rows, each record built by a handler one line.
+    in), in steps of about ``STEP_ROWS`` rows: each exposure becomes decision rows, each
+    record built by a handler one line.
 
     The JSON of each decision's part (ids, keys) is made once per batch and shared (the
     batch's items keep those decisions alive, so their ids cannot be reused meanwhile)."""
     exposures = sum(events_in(item) for item in items if not isinstance(item, dict))
     g = _uuid_groups(exposures)
+    pause_at = STEP_ROWS
     u = 0  # where the next uuid's groups start
     decision_parts: dict[int, str] = {}
     lines: list[str] = []
     kinds: list[str] = []
     for item in items:
+        if len(lines) >= pause_at:  # a step is about STEP_ROWS rows: tens of microseconds
+            pause_at = len(lines) + STEP_ROWS
+            yield
         if isinstance(item, dict):
             lines.append(_dumps(item))
             kinds.append(item["kind"])

@@ -279,3 +279,43 @@ def test_a_full_queue_hands_its_content_over_instead_of_growing() -> None:
         queue.put({"n": number})
     assert [5, 5] == [len(batch) for batch in spilled]
     assert 2 == len(queue)
+
+
+async def test_the_flusher_builds_a_big_batch_in_slices_and_keeps_order(tmp_path: Path) -> None:
+    """A batch that takes milliseconds to build lets other tasks run while it is built, and a
+    flush asked for meanwhile finishes it first: every record arrives once, in queue order."""
+    sink = FileSink(tmp_path / "events", max_bytes=10**8)
+    pipeline = make_pipeline(tmp_path, [sink], batch_size=10**6, flush_interval=3600.0)
+    await pipeline.start()
+    sent = []
+    for number in range(3000):
+        record = conversion(f"early-{number}")
+        sent.append(record["uuid"])
+        pipeline.accept(record)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    building = asyncio.create_task(pipeline._flush_in_slices())
+    for _ in range(100):  # until the flusher is part way through the batch
+        await asyncio.sleep(0)
+        if pipeline._building is not None:
+            break
+    assert pipeline._building is not None, "the batch was built without handing control back"
+    ticks_then = ticks
+    await asyncio.sleep(0)
+    later = conversion("late")
+    pipeline.accept(later)
+    assert 1 == pipeline.flush()  # the batch being built goes first, then this one
+    await building
+    ticker.cancel()
+    await pipeline.stop()
+    assert ticks > ticks_then, "other tasks ran while the batch was being built"
+    lines = [json.loads(line) for path in sorted((tmp_path / "events").glob("*.jsonl"))
+             for line in path.read_text().splitlines()]  # fmt: skip
+    assert [*sent, later["uuid"]] == [line["uuid"] for line in lines]
