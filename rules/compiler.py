@@ -22,6 +22,7 @@ from rules.conditions import (
     SegmentRef,
     attribute_getter,
     compile_condition,
+    memoized_prerequisite,
     memoized_segment,
     walk,
 )
@@ -104,7 +105,9 @@ class _ConditionCompiler:
 
     def prerequisite(self, key: str) -> Callable[[str, Attributes, float | None], str]:
         evaluate = self.evaluators[key]  # flags come prerequisites first, so it is compiled
-        return lambda unit, attrs, now: evaluate(unit, attrs, now).variation
+        return memoized_prerequisite(
+            key, lambda unit, attrs, now: evaluate(unit, attrs, now).variation
+        )
 
     def compile(self, condition: Condition) -> Predicate:
         return compile_condition(condition, self.segment, self.prerequisite)

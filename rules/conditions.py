@@ -37,6 +37,7 @@ __all__ = [
     "attribute_getter",
     "compile_condition",
     "memoize_segments",
+    "memoized_prerequisite",
     "memoized_segment",
     "parse_condition",
     "references",
@@ -81,6 +82,23 @@ def memoized_segment(name: str, predicate: Predicate) -> Predicate:
         return found
 
     return segment
+
+
+def memoized_prerequisite(key: str, variation_of: VariationOf) -> VariationOf:
+    """``variation_of`` for flag ``key``, answered from the memo when the attributes carry one:
+    a flag that many others depend on is evaluated once per ``decide_all``."""
+    memo_key = ("flag", key)  # segment results are memoized by name: a string, never a tuple
+
+    def variation(unit: str, attrs: Mapping[str, Any], now: float | None) -> str:
+        memo = attrs.get(SEGMENT_MEMO)  # type: ignore[call-overload]
+        if memo is None:
+            return variation_of(unit, attrs, now)
+        found: str | None = memo.get(memo_key)
+        if found is None:
+            found = memo[memo_key] = variation_of(unit, attrs, now)
+        return found
+
+    return variation
 
 
 _LEAF_FIELDS = frozenset({"attr", "op", "value", "description"})
