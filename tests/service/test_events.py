@@ -59,7 +59,7 @@ async def test_a_tracked_decision_becomes_one_exposure_record(api: Api, tmp_path
         reply = await api.post(DECISION, {"flag": "new_checkout"}, json=body, headers=headers)
         assert 200 == reply.status
     [record] = await delivered(api, tmp_path, 1)
-    assert 4 == uuid.UUID(record["uuid"]).version
+    assert 7 == uuid.UUID(record["uuid"]).version
     assert {
         "kind": "decision",
         "visitor_id": visitor,

@@ -6,7 +6,10 @@ import json
 import uuid
 from typing import Any
 
+import pytest
+
 import rules
+from service.events import records
 from service.events.records import (
     CLIENT_VERSION,
     Batch,
@@ -79,7 +82,7 @@ def test_rows_keep_queue_order_and_match_the_export_fields() -> None:
     expected += [expected_row(one, "visitor-2", 11)]
     decision_rows = rows[: len(many)] + rows[len(many) + 1 :]
     for row in decision_rows:
-        assert 4 == uuid.UUID(row.pop("uuid")).version
+        assert 7 == uuid.UUID(row.pop("uuid")).version
     assert expected == decision_rows
 
 
@@ -108,13 +111,29 @@ def test_a_batch_filtered_by_kind_keeps_lines_and_kinds_together() -> None:
     assert {"odp": 2, "decision": 1} == batch.counts()
 
 
-def test_uuids_are_random_version_4_and_distinct() -> None:
-    """Each generated uuid reads back as a version 4, RFC 4122 uuid, and none repeats."""
-    made = new_uuids(5000)
+def test_uuids_are_version_7_in_order_and_distinct() -> None:
+    """Generated uuids read back as RFC 9562 version 7 uuids carrying the time in ms, come
+    in increasing order, and none repeats, also past one prefix's worth of rows."""
+    made = new_uuids(5000, now_ms=1_795_332_590_123)
     assert 5000 == len(set(made))
+    assert sorted(made) == made
     for text in made:
         parsed = uuid.UUID(text)
-        assert (4, uuid.RFC_4122, text) == (parsed.version, parsed.variant, str(parsed))
+        assert (7, uuid.RFC_4122, text) == (parsed.version, parsed.variant, str(parsed))
+        assert 1_795_332_590_123 == parsed.int >> 80
+
+
+def test_a_batch_past_one_prefix_of_rows_still_has_distinct_uuids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the row numbers of one prefix run out, a new random prefix takes over."""
+    monkeypatch.setattr(records, "ROWS_PER_PREFIX", 4)
+    decisions = ruled("visitor-5")[:1] * 3  # three rows an item
+    items: list[Item] = [(1.0, f"v-{n}", n, decisions, {}, HEADERS, "r") for n in range(5)]
+    rows = batch_of(items, 0, "p").records()
+    assert 15 == len({row["uuid"] for row in rows})
+    assert 5 == len({row["uuid"][:-5] for row in rows})
+    assert 20 == len(set(new_uuids(20)))
 
 
 def test_attribution_lists_the_sessions_outcomes_with_their_ids() -> None:
