@@ -59,7 +59,7 @@ class Sessions:
         # Unique across processes and restarts without a uuid per session: a random prefix
         # per process and a counter.
         self.prefix = os.urandom(6).hex()
-        self._numbers = itertools.count(1)
+        self.numbers = itertools.count(1)
 
     def _current(self, visitor: str, now: float) -> Session:
         """The visitor's live session, or a new one with no outcomes, taken out of the
@@ -70,7 +70,7 @@ class Sessions:
             return session
         if len(by_visitor) >= self.limit:
             self._evict(len(by_visitor) - self.limit + 1 + self.limit // 100)
-        return (next(self._numbers), 0.0)
+        return (next(self.numbers), 0.0)
 
     def _evict(self, count: int) -> None:
         by_visitor = self.by_visitor
@@ -91,7 +91,7 @@ class Sessions:
         if session is None:  # a new visitor, the other common case: straight in
             if len(by_visitor) >= self.limit:
                 self._evict(len(by_visitor) - self.limit + 1 + self.limit // 100)
-            number: int = next(self._numbers)
+            number: int = next(self.numbers)
             by_visitor[visitor] = (number, now + self.ttl, outcome)
             return number
         # A number or an expiry never equals a text, so the whole tuple can be searched.

@@ -115,3 +115,40 @@ def test_sessions_hold_nothing_the_garbage_collector_has_to_track() -> None:
     sessions.expose("visitor-8", 0.0, KEY)
     gc.collect()
     assert [False, False] == [gc.is_tracked(s) for s in sessions.by_visitor.values()]
+
+
+def test_the_recorders_own_path_for_new_visitors_keeps_sessions_as_sessions_does() -> None:
+    """A new visitor recorded by the recorder gets the session Sessions.expose would make; a
+    repeat is not queued again; at the limit the oldest sessions still go first."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    import rules
+    from service.events.queue import EventQueue, Recorder
+    from tests.rules.helpers import DEMO_PATH
+
+    ruleset = rules.load(DEMO_PATH.read_bytes())
+    decision = next(
+        d
+        for n in range(1000)
+        if (
+            d := ruleset.decide(
+                "new_checkout", f"v{n}", {"geo": {"country": "FR"}, "device": "phone"}
+            )
+        ).rule
+    )
+    spilled: list[Any] = []
+    queue = EventQueue(batch_size=1000, capacity=1000, on_full=spilled.append)
+    sessions = Sessions(ttl=60, limit=100)
+    recorder = Recorder(queue, sessions)
+    request: Any = SimpleNamespace(headers={})
+    for number in range(150):
+        recorder.expose(f"visitor-{number}", decision, {}, request, "r1")
+    recorder.expose("visitor-149", decision, {}, request, "r1")
+    assert (150, 1) == (len(queue), recorder.repeated)
+    assert len(sessions) <= 100
+    assert "visitor-0" not in sessions.by_visitor
+    assert (decision.outcome,) == outcomes_of(sessions.by_visitor["visitor-149"])
+    assert None is sessions.expose("visitor-149", 1.0, decision.outcome)
+    numbers = {item[2] for item in queue.items if isinstance(item, tuple)}
+    assert 150 == len(numbers)  # every session its own number
