@@ -22,8 +22,7 @@ from rules.conditions import (
     SegmentRef,
     attribute_getter,
     compile_condition,
-    memoized_prerequisite,
-    memoized_segment,
+    memoized,
     walk,
 )
 from rules.decision import Decision, Reason
@@ -100,13 +99,13 @@ class _ConditionCompiler:
     def segment(self, name: str) -> Predicate:
         if name not in self.segments:  # segments are acyclic (checked), so this recursion ends
             compiled = self.compile(self.document.segments[name])
-            self.segments[name] = memoized_segment(name, compiled)
+            self.segments[name] = memoized(name, compiled)
         return self.segments[name]
 
     def prerequisite(self, key: str) -> Callable[[str, Attributes, float | None], str]:
         evaluate = self.evaluators[key]  # flags come prerequisites first, so it is compiled
-        return memoized_prerequisite(
-            key, lambda unit, attrs, now: evaluate(unit, attrs, now).variation
+        return memoized(
+            ("flag", key), lambda unit, attrs, now: evaluate(unit, attrs, now).variation
         )
 
     def compile(self, condition: Condition) -> Predicate:

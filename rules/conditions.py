@@ -16,9 +16,9 @@ the evaluation time in seconds since the epoch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Union
+from typing import Any, Final, TypeVar, Union
 
 from rules.operators import MISSING, OPERATORS, Test
 from rules.report import Report, describe, join, key_path
@@ -37,8 +37,7 @@ __all__ = [
     "attribute_getter",
     "compile_condition",
     "memoize_segments",
-    "memoized_prerequisite",
-    "memoized_segment",
+    "memoized",
     "parse_condition",
     "references",
     "walk",
@@ -49,8 +48,9 @@ MAX_DEPTH: Final = 32
 
 
 class _SegmentMemo:
-    """The attribute key under which ``memoize_segments`` keeps segment results. Not a
-    string, so no attribute from JSON can collide with it."""
+    """The attribute key under which ``memoize_segments`` keeps segment results and
+    prerequisite variations (``memoized``). Not a string, so no attribute from JSON can
+    collide with it."""
 
     __slots__ = ()
 
@@ -59,46 +59,37 @@ SEGMENT_MEMO: Final = _SegmentMemo()
 
 
 def memoize_segments(attrs: Mapping[str, Any]) -> dict[Any, Any]:
-    """A copy of ``attrs`` in which each segment is evaluated at most once.
+    """A copy of ``attrs`` in which each segment (and each prerequisite flag) is evaluated at
+    most once.
 
     Within one ``decide_all`` a segment's answer cannot change (it depends on the visitor,
     the attributes and the time only), yet many flags may target it.
     """
-    memoized: dict[Any, Any] = dict(attrs)
-    memoized[SEGMENT_MEMO] = {}
-    return memoized
+    with_memo: dict[Any, Any] = dict(attrs)
+    with_memo[SEGMENT_MEMO] = {}
+    return with_memo
 
 
-def memoized_segment(name: str, predicate: Predicate) -> Predicate:
-    """``predicate`` for segment ``name``, answered from the memo when the attributes carry one."""
+R = TypeVar("R", bool, str)
 
-    def segment(unit: str, attrs: Mapping[str, Any], now: float | None) -> bool:
+
+def memoized(
+    key: Hashable, compute: Callable[[str, Mapping[str, Any], float | None], R]
+) -> Callable[[str, Mapping[str, Any], float | None], R]:
+    """``compute``, answered from the memo when the attributes carry one: a segment's result
+    (``key`` its name) or a prerequisite flag's variation (``key`` a tuple, never a name) is
+    worked out once per ``decide_all``, however many flags ask for it."""
+
+    def answer(unit: str, attrs: Mapping[str, Any], now: float | None) -> R:
         memo = attrs.get(SEGMENT_MEMO)  # type: ignore[call-overload]
         if memo is None:
-            return predicate(unit, attrs, now)
-        found: bool | None = memo.get(name)
+            return compute(unit, attrs, now)
+        found: R | None = memo.get(key)
         if found is None:
-            found = memo[name] = predicate(unit, attrs, now)
+            found = memo[key] = compute(unit, attrs, now)
         return found
 
-    return segment
-
-
-def memoized_prerequisite(key: str, variation_of: VariationOf) -> VariationOf:
-    """``variation_of`` for flag ``key``, answered from the memo when the attributes carry one:
-    a flag that many others depend on is evaluated once per ``decide_all``."""
-    memo_key = ("flag", key)  # segment results are memoized by name: a string, never a tuple
-
-    def variation(unit: str, attrs: Mapping[str, Any], now: float | None) -> str:
-        memo = attrs.get(SEGMENT_MEMO)  # type: ignore[call-overload]
-        if memo is None:
-            return variation_of(unit, attrs, now)
-        found: str | None = memo.get(memo_key)
-        if found is None:
-            found = memo[memo_key] = variation_of(unit, attrs, now)
-        return found
-
-    return variation
+    return answer
 
 
 _LEAF_FIELDS = frozenset({"attr", "op", "value", "description"})
