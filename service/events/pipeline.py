@@ -125,6 +125,8 @@ class Pipeline:
         return batch_steps(items, int(time.time() * 1000), self.sessions.prefix)
 
     def _submit(self, batch: Batch) -> None:
+        if batch.unwritable:
+            self.stats.dropped.labels("unwritable", "all").inc(batch.unwritable)
         EventStats.count(self.stats.accepted, batch)
         for worker in self.workers:
             worker.submit(batch)

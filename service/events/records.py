@@ -28,6 +28,7 @@ from aiohttp import hdrs
 
 from rules import Decision
 from rules.steps import Steps, finish
+from service.logs import get_logger
 
 __all__ = [
     "CLIENT_ENGINE",
@@ -45,6 +46,8 @@ __all__ = [
     "tag_map",
     "uuid_prefix",
 ]
+
+log = get_logger(__name__)
 
 CLIENT_ENGINE = "flagpost"
 try:
@@ -75,6 +78,8 @@ class Batch:
 
     lines: list[str]
     kinds: list[str]
+    #: Events that could not be written (a bug: logged, and counted as dropped).
+    unwritable: int = 0
 
     @classmethod
     def of(cls, records: Iterable[Mapping[str, Any]]) -> Batch:
@@ -198,43 +203,52 @@ def batch_steps(items: list[Item], process_ms: int, session_prefix: str) -> Step
     decision_parts: dict[int, str] = {}
     lines: list[str] = []
     kinds: list[str] = []
+    unwritable = 0
     for item in items:
         if len(lines) >= pause_at:  # a step is about STEP_ROWS rows: tens of microseconds
             pause_at = len(lines) + STEP_ROWS
             yield
-        if isinstance(item, dict):
-            lines.append(_dumps(item))
-            kinds.append(item["kind"])
-            continue
-        seconds, visitor, number, decided, context, headers, revision = item
-        decisions = decided if isinstance(decided, list) else (decided,)
-        if row + len(decisions) > ROWS_PER_PREFIX:
-            prefix, row = uuid_prefix(process_ms), 0
-        shared = {  # what the request's rows have in common, serialized once
-            "timestamp": int(seconds * 1000),
-            "process_timestamp": process_ms,
-            "session_id": f"{session_prefix}-{number:x}",
-            "visitor_id": visitor,
-            "attributes": [
-                {"id": name, "name": name, "type": "custom", "value": _text(value)}
-                for name, value in context.items()
-            ],
-            "user_agent": headers.get(hdrs.USER_AGENT),  # istr: no case folding per call
-            "referer": headers.get(hdrs.REFERER),
-            "revision": revision,
-        }
+        first = len(lines)
         try:
-            request = orjson.dumps(shared)[1:-1].decode()
-        except orjson.JSONEncodeError:
-            request = _dumps(shared)[1:-1]
-        for decision in decisions:
-            part = decision_parts.get(id(decision))
-            if part is None:
-                part = decision_parts[id(decision)] = _dumps(_decision_part(decision))[1:-1]
-            lines.append(f'{{"kind":"decision","uuid":"{prefix}{row:05x}",{request},{part}}}')
-            row += 1
-        kinds += ["decision"] * len(decisions)
-    return Batch(lines, kinds)
+            if isinstance(item, dict):
+                lines.append(_dumps(item))
+                kinds.append(item["kind"])
+                continue
+            seconds, visitor, number, decided, context, headers, revision = item
+            decisions = decided if isinstance(decided, list) else (decided,)
+            if row + len(decisions) > ROWS_PER_PREFIX:
+                prefix, row = uuid_prefix(process_ms), 0
+            shared = {  # what the request's rows have in common, serialized once
+                "timestamp": int(seconds * 1000),
+                "process_timestamp": process_ms,
+                "session_id": f"{session_prefix}-{number:x}",
+                "visitor_id": visitor,
+                "attributes": [
+                    {"id": name, "name": name, "type": "custom", "value": _text(value)}
+                    for name, value in context.items()
+                ],
+                "user_agent": headers.get(hdrs.USER_AGENT),  # istr: no case folding per call
+                "referer": headers.get(hdrs.REFERER),
+                "revision": revision,
+            }
+            try:
+                request = orjson.dumps(shared)[1:-1].decode()
+            except orjson.JSONEncodeError:
+                request = _dumps(shared)[1:-1]
+            for decision in decisions:
+                part = decision_parts.get(id(decision))
+                if part is None:
+                    part = decision_parts[id(decision)] = _dumps(_decision_part(decision))[1:-1]
+                lines.append(f'{{"kind":"decision","uuid":"{prefix}{row:05x}",{request},{part}}}')
+                row += 1
+            kinds += ["decision"] * len(decisions)
+        except Exception:
+            # A bug, not bad input (inputs are validated, text is scrubbed): the item is
+            # left out and counted, so one bad item never costs the batch or the flusher.
+            del lines[first:], kinds[first:]
+            unwritable += events_in(item)
+            log.exception("events_unwritable", events=events_in(item))
+    return Batch(lines, kinds, unwritable)
 
 
 def _decision_part(decision: Decision) -> dict[str, Any]:

@@ -149,3 +149,30 @@ def test_attribution_lists_the_sessions_outcomes_with_their_ids() -> None:
         }
         for d in decisions
     ] == experiments
+
+
+def test_an_item_that_cannot_be_written_is_left_out_and_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A row that fails to build (a bug) costs only its own item: the batch keeps the others
+    in order and says how many events it could not write."""
+    distinct = {id(d): d for n in range(50) for d in ruled(f"visitor-{n}")}
+    broken, good = list(distinct.values())[:2]
+    real_part = records._decision_part
+
+    def failing_part(decision: rules.Decision) -> dict[str, Any]:
+        if decision is broken:
+            raise RuntimeError("a bug in building a row")
+        return real_part(decision)
+
+    monkeypatch.setattr(records, "_decision_part", failing_part)
+    conversion = {"kind": "conversion", "uuid": "c-2", "visitor_id": "visitor-6"}
+    items: list[Item] = [
+        (1.0, "visitor-7", 1, [good, good], {}, HEADERS, "r"),
+        (1.0, "visitor-6", 2, [good, broken], {}, HEADERS, "r"),
+        conversion,
+    ]
+    batch = batch_of(items, 0, "p")
+    assert 2 == batch.unwritable
+    assert ["decision", "decision", "conversion"] == batch.kinds
+    assert ["visitor-7", "visitor-7", "visitor-6"] == [r["visitor_id"] for r in batch.records()]
