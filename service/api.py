@@ -162,9 +162,10 @@ class Serving:
                     request,
                     ruleset.revision,
                 )
-            varying = members(snapshot, decisions)
-            joined = constant + b"," + varying if constant and varying else constant or varying
-            return self._decide_response(query, ruleset.revision, joined, errors)
+            parts = members(snapshot, decisions)
+            if constant:  # not first or last: those get the head and tail (_decide_response)
+                parts.insert(1, constant)
+            return self._decide_response(query, ruleset.revision, parts, errors)
         else:
             decisions = {}
             for key in query.flags:  # a flag removed from the rules must not fail the others
@@ -185,11 +186,20 @@ class Serving:
 
     @staticmethod
     def _decide_response(
-        query: DecisionQuery, revision: str, joined: bytes, errors: dict[str, Any]
+        query: DecisionQuery, revision: str, parts: list[bytes], errors: dict[str, Any]
     ) -> web.Response:
+        """The body from ``"flag":{decision}`` members (``parts``, each one or more of them),
+        copied once: a body over hundreds of flags is tens of KiB, and every ``+`` or join
+        of the whole would copy all of it again."""
         head = orjson.dumps({"visitor_code": query.visitor_code, "revision": revision})
-        tail = b',"errors":' + orjson.dumps(errors) if errors else b""
-        body = head[:-1] + b',"decisions":{' + joined + b"}" + tail + b"}"
+        head = head[:-1] + b',"decisions":{'
+        tail = b'},"errors":' + orjson.dumps(errors) + b"}" if errors else b"}}"
+        if not parts:
+            body = head + tail
+        else:  # the head and tail join the first and last parts, which are small
+            parts[0] = head + parts[0]
+            parts[-1] = parts[-1] + tail
+            body = b",".join(parts)
         return web.Response(body=body, content_type=JSON)
 
     @staticmethod
@@ -207,7 +217,7 @@ class Serving:
                 if decision.active or not active_only
             }
             reasons = Counter(str(decision.reason) for decision in constants.values())
-            part = (members(snapshot, constants), reasons)
+            part = (b",".join(members(snapshot, constants)), reasons)
             snapshot.constant_parts[key] = part
         return part
 
@@ -253,16 +263,15 @@ class Serving:
         )
 
 
-def members(snapshot: Snapshot, decisions: dict[str, rules.Decision]) -> bytes:
-    """``"key":{decision}`` members joined by commas, each built once per snapshot."""
+def members(snapshot: Snapshot, decisions: dict[str, rules.Decision]) -> list[bytes]:
+    """The ``"key":{decision}`` members of ``decisions``, each built once per snapshot."""
     cache = snapshot.members
-    found = list(map(cache.get, map(id, decisions.values())))  # C loops, no Python per item
     try:
-        return b",".join(found)  # type: ignore[arg-type]
-    except TypeError:  # some not built yet (a None in the list): build them, once
-        for index, decision in enumerate(decisions.values()):
-            if found[index] is None:  # keys are JSON-safe (the format's key pattern)
-                found[index] = cache[id(decision)] = (
+        return list(map(cache.__getitem__, map(id, decisions.values())))  # C loops only
+    except KeyError:  # some not built yet: build them, once
+        for decision in decisions.values():
+            if id(decision) not in cache:  # keys are JSON-safe (the format's key pattern)
+                cache[id(decision)] = (
                     b'"' + decision.flag.encode() + b'":' + encoded(snapshot, decision)
                 )
-        return b",".join(found)  # type: ignore[arg-type]
+        return list(map(cache.__getitem__, map(id, decisions.values())))
