@@ -290,17 +290,25 @@ def _shares(rule: Rule) -> list[tuple[str, int]]:
     return [(variation, buckets) for variation, buckets in rule.split if buckets > 0]
 
 
+def _answers(
+    rule: Rule, decisions: _Decisions
+) -> tuple[Decision | None, SplitTable[Decision] | None]:
+    """The rule's decision when it gives one variation (else None), and its split table (None
+    when it names its variation)."""
+    if rule.variation is not None:
+        reason = Reason.TARGETING_MATCH if rule.exposure >= BUCKETS else Reason.SPLIT
+        return decisions.make(rule.variation, rule, reason), None
+    table = SplitTable([(decisions.make(v, rule, Reason.SPLIT), b) for v, b in _shares(rule)])
+    return (table.choices[0] if len(table.choices) == 1 else None), table
+
+
 def _visitor_rule(rule: Rule, decisions: _Decisions, condition: Predicate | None) -> VisitorRule:
     """A rule that buckets by the visitor code, as ``decide_all``'s loop reads it."""
     exposure = rule.exposure_salt + SEPARATOR if rule.exposure < BUCKETS else None
     split = (rule.split_salt + SEPARATOR).encode("utf-8", "surrogatepass")
-    if rule.variation is not None:
-        reason = Reason.TARGETING_MATCH if exposure is None else Reason.SPLIT
-        only = decisions.make(rule.variation, rule, reason)
-        return (condition, _utf8(exposure), rule.exposure, only, split, (), ())
-    table = SplitTable([(decisions.make(v, rule, Reason.SPLIT), b) for v, b in _shares(rule)])
-    fixed = table.choices[0] if len(table.choices) == 1 else None
-    return (condition, _utf8(exposure), rule.exposure, fixed, split, table.ends, table.choices)
+    fixed, table = _answers(rule, decisions)
+    ends, choices = (table.ends, table.choices) if table is not None else ((), ())
+    return (condition, _utf8(exposure), rule.exposure, fixed, split, ends, choices)
 
 
 def _utf8(text: str | None) -> bytes | None:
@@ -313,14 +321,7 @@ def _compile_rule(rule: Rule, decisions: _Decisions, condition: Predicate | None
     unit_of = _unit_getter(rule.bucket_by)
     exposure = rule.exposure if rule.exposure < BUCKETS else None
     exposure_prefix = rule.exposure_salt + SEPARATOR
-    if rule.variation is not None:
-        reason = Reason.TARGETING_MATCH if exposure is None else Reason.SPLIT
-        fixed: Decision | None = decisions.make(rule.variation, rule, reason)
-        table = None
-    else:
-        shares = _shares(rule)
-        fixed = decisions.make(shares[0][0], rule, Reason.SPLIT) if len(shares) == 1 else None
-        table = SplitTable([(decisions.make(v, rule, Reason.SPLIT), b) for v, b in shares])
+    fixed, table = _answers(rule, decisions)
     split_prefix = rule.split_salt + SEPARATOR
 
     def step(visitor: str, attrs: Attributes, now: float | None) -> Decision | None:

@@ -102,17 +102,17 @@ class Pipeline:
     def flush(self) -> int:
         """Hand everything queued to the sinks now (after the batch the flusher may be
         building); returns how many queued events that was."""
-        self._finish_building()
         items = self.queue.take()
-        if items:
-            self._submit(finish(self._steps(items)))
+        self.spill(items)
         return sum(map(events_in, items))
 
     def spill(self, items: list[Item]) -> None:
-        """The queue is full: the flusher is not keeping up, so this batch goes to the
-        workers now, and a worker whose outbox is long spools it (``SinkWorker.submit``)."""
+        """Hand ``items`` to the workers now, after the batch the flusher may be building.
+        The queue calls this when it is full: the flusher is not keeping up, and a worker
+        whose outbox is long spools the batch (``SinkWorker.submit``)."""
         self._finish_building()
-        self._submit(finish(self._steps(items)))
+        if items:
+            self._submit(finish(self._steps(items)))
 
     def health(self) -> dict[str, Any]:
         return {

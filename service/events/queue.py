@@ -87,7 +87,8 @@ class Recorder:
         by_visitor = sessions.by_visitor
         if visitor not in by_visitor and len(by_visitor) < sessions.limit:
             # A visitor with no session, the commonest case where a flag is asked once per
-            # visit: Sessions.expose's first branch, inlined, as a call is a tenth of the cost.
+            # visit: what Sessions.expose does for one, inlined, as a call is a tenth of the
+            # cost (a test holds the two to the same session).
             number = next(sessions.numbers)
             by_visitor[visitor] = (number, now + sessions.ttl, decision.outcome)
         else:

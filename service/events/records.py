@@ -223,10 +223,7 @@ def batch_steps(items: list[Item], process_ms: int, session_prefix: str) -> Step
                 "process_timestamp": process_ms,
                 "session_id": f"{session_prefix}-{number:x}",
                 "visitor_id": visitor,
-                "attributes": [
-                    {"id": name, "name": name, "type": "custom", "value": _text(value)}
-                    for name, value in context.items()
-                ],
+                "attributes": attribute_list(context),
                 "user_agent": headers.get(hdrs.USER_AGENT),  # istr: no case folding per call
                 "referer": headers.get(hdrs.REFERER),
                 "revision": revision,

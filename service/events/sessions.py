@@ -86,19 +86,12 @@ class Sessions:
     def expose(self, visitor: str, now: float, outcome: str) -> int | None:
         """Note an exposure in the visitor's session: the session's number if the outcome is
         new to it, None if the session already had it."""
-        by_visitor = self.by_visitor
-        session = by_visitor.get(visitor)
-        if session is None:  # a new visitor, the other common case: straight in
-            if len(by_visitor) >= self.limit:
-                self._evict(len(by_visitor) - self.limit + 1 + self.limit // 100)
-            number: int = next(self.numbers)
-            by_visitor[visitor] = (number, now + self.ttl, outcome)
-            return number
+        session = self.by_visitor.get(visitor)
         # A number or an expiry never equals a text, so the whole tuple can be searched.
-        if outcome in session and session[EXPIRES] - now > self._recent:
+        if session is not None and outcome in session and session[EXPIRES] - now > self._recent:
             return None
         session = self._current(visitor, now)
-        number = session[NUMBER]
+        number: int = session[NUMBER]
         if outcome in session:
             self.by_visitor[visitor] = (number, now + self.ttl, *session[FIRST_OUTCOME:])
             return None
