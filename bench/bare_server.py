@@ -1,11 +1,13 @@
 """The yardstick: a bare aiohttp handler answering a fixed JSON body, one process.
 
-``python bench/bare_server.py PORT`` serves POST /decision with the bytes of a typical
-flagpost decision, so the load benchmark compares flagpost with aiohttp doing no work.
+``python bench/bare_server.py PORT [uvloop|asyncio]`` serves POST /decision with the bytes of a
+typical flagpost decision, so the load benchmark compares flagpost with aiohttp doing no work,
+on the same event loop as flagpost (uvloop unless told otherwise).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import orjson
@@ -29,7 +31,16 @@ async def decision(request: web.Request) -> web.Response:
 def main() -> None:
     app = web.Application()
     app.router.add_post("/decision", decision)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+    loop: asyncio.AbstractEventLoop
+    if (sys.argv[2:] or ["uvloop"])[0] == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    web.run_app(
+        app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=loop
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Load benchmark of the HTTP service: ``python bench/service.py [--seconds N]``.
 
 Needs wrk and hey (``apt-get install wrk hey``). Each server is one process pinned to core 0
-and the load generator runs on core 1, so a run compares like with like on a 2-core machine:
+and the load generator runs on core 1, so a run compares like with like on a 2-core machine.
+Both flagpost and the bare handler run on the event loop flagpost uses by default (uvloop),
+or on the one ``--loop`` names:
 
 1. single-flag ``POST /v1/flags/{flag}/decision`` against a bare aiohttp handler returning a
    fixed JSON body, interleaved over rounds (best of each kept), and their ratio (target 0.85),
@@ -38,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.generate import generate  # noqa: E402
+from service.settings import DEFAULT_LOOP  # noqa: E402
 
 CONTEXT = {"geo": {"country": "FR"}, "device": "phone", "account_id": "acme-7"}
 BODY = json.dumps({"visitor_code": "alice", "context": CONTEXT})
@@ -55,6 +58,7 @@ end
 """
 #: Lua for the visitor number: a new visitor on every request, or 1,000 returning ones.
 NEW_VISITORS, RETURNING_VISITORS = "n", "(n % 1000)"
+LOOP = DEFAULT_LOOP  # the event loop of every server started; set from --loop
 
 
 def free_port() -> int:
@@ -105,6 +109,7 @@ def server(command: list[str], port: int, env: dict[str, str] | None = None) -> 
 
 def flagpost(rules: Path, port: int, cache: Path, **extra: str) -> list[str]:
     return [sys.executable, "-m", "service", "serve", "--port", str(port),
+            "--event-loop", LOOP,
             "--rules", str(rules), "--cache-dir", str(cache), "--log-level", "warning",
             "--events", f"file:{cache.parent / 'events'}",
             "--spool-dir", str(cache.parent / "spool"),
@@ -153,7 +158,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="length of each measurement")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds, cases 1 and 2")
+    parser.add_argument(
+        "--loop", choices=["uvloop", "asyncio"], default=DEFAULT_LOOP, help="event loop of both"
+    )
     args = parser.parse_args()
+    global LOOP  # noqa: PLW0603  # one setting for every server this run starts
+    LOOP = args.loop
     for tool in ("wrk", "hey", "taskset"):
         if shutil.which(tool) is None:
             sys.exit(f"bench/service.py needs {tool}: apt-get install wrk hey util-linux")
@@ -181,7 +191,7 @@ def main() -> None:
 
     for _ in range(args.rounds):
         port = free_port()
-        bare = [sys.executable, str(ROOT / "bench" / "bare_server.py"), str(port)]
+        bare = [sys.executable, str(ROOT / "bench" / "bare_server.py"), str(port), LOOP]
         with server(bare, port) as served:
             keep("bare aiohttp handler", wrk_with_cpu(served, "/decision", args.seconds, script))
         for case, extra in (
@@ -214,7 +224,7 @@ def main() -> None:
         results["constant 5,000/s: p99 ms"] = steady["p99_ms"]
     # The same load on the bare handler: what this machine and load generator allow at all.
     port = free_port()
-    bare = [sys.executable, str(ROOT / "bench" / "bare_server.py"), str(port)]
+    bare = [sys.executable, str(ROOT / "bench" / "bare_server.py"), str(port), LOOP]
     with server(bare, port) as (base, _):
         results["constant 5,000/s: bare handler p99 ms"] = hey(
             f"{base}/decision", args.seconds, 5000, 50, body
@@ -267,7 +277,8 @@ def report(results: dict[str, float], swapped: bool, seconds: int) -> None:
     bare_p99 = results["constant 5,000/s: bare handler p99 ms"]
     quiet_slowest = results["1,000/s without a swap: slowest ms"]
     print(
-        f"python {sys.version.split()[0]}, {seconds}s a measurement, server: core 0, load: core 1"
+        f"python {sys.version.split()[0]}, {LOOP} event loop, {seconds}s a measurement, "
+        "server: core 0, load: core 1"
     )
     for name, value in results.items():
         print(f"{name:66} {value:>10,.1f}")

@@ -28,6 +28,7 @@ def test_defaults() -> None:
         settings.refresh_interval,
     )
     assert Path(DEFAULT_RULES).is_file()
+    assert ("asyncio" if sys.platform == "win32" else "uvloop") == settings.event_loop
 
 
 def test_flags_override_environment() -> None:
@@ -48,6 +49,7 @@ def test_flags_override_environment() -> None:
      ({"FLAGPOST_RULES": "ftp://rules"}, "must be a file path or an http(s) URL"),
      ({"FLAGPOST_MAX_BODY": "10"}, "at least 1024"),
      ({"FLAGPOST_ACCESS_LOG": "sometimes"}, "must be true or false"),
+     ({"FLAGPOST_EVENT_LOOP": "trio"}, "FLAGPOST_EVENT_LOOP='trio' must be one of uvloop, asyncio"),
      ({"FLAGPOST_API_KEYS": "short"}, "FLAGPOST_API_KEYS='***' each API key must be at least 16")],
 )  # fmt: skip
 def test_invalid_settings_name_the_variable(environ: dict[str, str], message: str) -> None:
@@ -93,11 +95,19 @@ def test_busy_port_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    """The real process serves the bundled rules and exits 0 on SIGTERM, logging JSON (the
-    access log, when asked for, with the request id)."""
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path: Path, event_loop: str) -> None:
+    """The real process serves the bundled rules on either event loop and exits 0 on SIGTERM,
+    logging JSON (the access log, when asked for, with the request id)."""
     port = free_port()
-    env = service_env(tmp_path, DEMO, port, FLAGPOST_LOG_LEVEL="info", FLAGPOST_ACCESS_LOG="yes")
+    env = service_env(
+        tmp_path,
+        DEMO,
+        port,
+        FLAGPOST_LOG_LEVEL="info",
+        FLAGPOST_ACCESS_LOG="yes",
+        FLAGPOST_EVENT_LOOP=event_loop,
+    )
     env.pop("FLAGPOST_RULES")  # the default: the bundled example rules
     log = tmp_path / "out.log"
     with log.open("wb") as output:
@@ -122,6 +132,9 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     lifecycle = ("flagpost_starting", "rules_loaded", "flagpost_listening", "flagpost_stopped")
     assert list(lifecycle) == [line["event"] for line in lines if line["event"] in lifecycle]
+    assert [event_loop] == [
+        line["event_loop"] for line in lines if line["event"] == "flagpost_listening"
+    ]
     access = [line for line in lines if line.get("logger") == "flagpost.access"]
     assert "trace-me-42" in {line.get("request_id") for line in access}
 
