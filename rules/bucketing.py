@@ -7,6 +7,11 @@ range by multiply-and-shift, which unlike ``hash % 10000`` has no modulo bias.
 
 A bucket is a basis point: 10000 buckets make 100.00 %, so percentages with two decimals
 map exactly onto whole buckets and every range is a half-open integer interval.
+
+The compiled rules never compute a bucket: a range's end ``b`` in buckets becomes the least
+hash whose bucket is ``b`` or more (``hash_bound``), and the raw hash is compared with that.
+``(h * 10000) >> 64 < b`` holds exactly when ``h * 10000 < b * 2**64``, that is when
+``h < ceil(b * 2**64 / 10000)``: the same answer without a big-integer multiply and shift.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ __all__ = [
     "SplitTable",
     "bucket",
     "exposure_salt",
+    "hash_bound",
+    "hash_prefixed",
     "percent_to_buckets",
     "split_salt",
 ]
@@ -42,7 +49,13 @@ def bucket(salt: str, unit: str) -> int:
 
 
 def bucket_prefixed(prefix: str, unit: str) -> int:
-    """Bucket ``unit`` under a salt already joined with its separator (the compiled hot path)."""
+    """Bucket ``unit`` under a salt already joined with its separator."""
+    return (hash_prefixed(prefix, unit) * BUCKETS) >> 64
+
+
+def hash_prefixed(prefix: str, unit: str) -> int:
+    """The 64-bit hash behind ``bucket_prefixed`` (the compiled hot path compares it with
+    ``hash_bound``s instead of computing the bucket)."""
     text = prefix + unit
     try:
         data = text.encode()
@@ -50,7 +63,13 @@ def bucket_prefixed(prefix: str, unit: str) -> int:
         # A lone surrogate cannot come from JSON, but a Python caller may pass one; hash its
         # code units rather than fail, since bad input must never raise on the decision path.
         data = text.encode("utf-8", "surrogatepass")
-    return (xxh3_64_intdigest(data) * BUCKETS) >> 64
+    return xxh3_64_intdigest(data)
+
+
+def hash_bound(buckets: int) -> int:
+    """The least 64-bit hash whose bucket is ``buckets`` or more: for every hash ``h``,
+    ``bucket(h) < buckets`` exactly when ``h < hash_bound(buckets)``."""
+    return -(-(buckets << 64) // BUCKETS)
 
 
 def base_salt(flag_key: str, rule_key: str, salt: str | None, respool: int) -> str:
@@ -81,7 +100,7 @@ class SplitTable(Generic[T]):
     exactly that many buckets, and appending a choice at the end takes only from the last one.
     """
 
-    __slots__ = ("choices", "ends")
+    __slots__ = ("choices", "ends", "hash_ends")
 
     def __init__(self, weighted: Sequence[tuple[T, int]]) -> None:
         ends: list[int] = []
@@ -98,7 +117,13 @@ class SplitTable(Generic[T]):
         #: Read-only: where each choice's range ends, and the choices, in the same order.
         self.ends = tuple(ends)
         self.choices = tuple(choices)
+        #: The ends as hash bounds: ``pick_hash`` finds a hash's choice without its bucket.
+        self.hash_ends = tuple(hash_bound(end) for end in ends)
 
     def pick(self, bucket_value: int) -> T:
         """Return the choice whose range holds ``bucket_value``."""
         return self.choices[bisect_right(self.ends, bucket_value)]
+
+    def pick_hash(self, hash_value: int) -> T:
+        """Return the choice whose range holds the bucket of the 64-bit ``hash_value``."""
+        return self.choices[bisect_right(self.hash_ends, hash_value)]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from rules.bucketing import BUCKETS, SEPARATOR, SplitTable, bucket_prefixed
+from rules.bucketing import BUCKETS, SEPARATOR, SplitTable, hash_bound, hash_prefixed
 from rules.conditions import (
     Condition,
     FlagRef,
@@ -35,9 +35,10 @@ Attributes = Mapping[str, Any]
 Evaluator = Callable[[str, Attributes, "float | None"], Decision]
 RuleStep = Callable[[str, Attributes, "float | None"], "Decision | None"]
 #: A rule that buckets by the visitor code, as ``decide_all``'s loop reads it: (condition or
-#: None, UTF-8 exposure prefix or None when the rule takes everyone it matches, exposure in
-#: buckets, the decision when the rule gives one variation or None, UTF-8 split prefix, the
-#: split's range ends, the split's decisions). The same arithmetic as ``rules.bucketing``.
+#: None, UTF-8 exposure prefix or None when the rule takes everyone it matches, exposure as a
+#: hash bound, the decision when the rule gives one variation or None, UTF-8 split prefix, the
+#: split's range ends as hash bounds, the split's decisions). The same arithmetic as
+#: ``rules.bucketing``: hashes are compared with ``hash_bound``s, never turned into buckets.
 VisitorRule = tuple[
     "Predicate | None",
     "bytes | None",
@@ -61,7 +62,7 @@ class CompiledEnvironment:
     #: (key, evaluator) of every other flag whose answer depends on the visitor.
     dynamic: tuple[tuple[str, Evaluator], ...]
     #: Plain percentage rollouts, evaluated in one loop by ``decide_all`` rather than one
-    #: call each: (key, UTF-8 salt prefix, exposure in buckets, inside, outside).
+    #: call each: (key, UTF-8 salt prefix, exposure as a hash bound, inside, outside).
     rollouts: tuple[tuple[str, bytes, int, Decision, Decision], ...]
     #: The other flags whose rules all bucket by the visitor code (segment targeting then a
     #: rollout, experiments, ...), also run by ``decide_all`` in one loop: (key, rules, default).
@@ -268,14 +269,14 @@ def _compile_rollout(
 ) -> tuple[Evaluator, RolloutParts]:
     """A flag that is just a percentage rollout, the commonest kind: one call per decision
     instead of three, and its parts, so ``decide_all`` can run many in one loop."""
-    prefix, exposure = rule.exposure_salt + SEPARATOR, rule.exposure
+    prefix, bound = rule.exposure_salt + SEPARATOR, hash_bound(rule.exposure)
     inside = decisions.make(rule.variation, rule, Reason.SPLIT)  # type: ignore[arg-type]
 
     def evaluate(unit: str, attrs: Attributes, now: float | None) -> Decision:
-        return inside if bucket_prefixed(prefix, unit) < exposure else default
+        return inside if hash_prefixed(prefix, unit) < bound else default
 
-    # The bytes bucket_prefixed hashes for the prefix, lone surrogates included.
-    return evaluate, (prefix.encode("utf-8", "surrogatepass"), exposure, inside, default)
+    # The bytes hash_prefixed hashes for the prefix, lone surrogates included.
+    return evaluate, (prefix.encode("utf-8", "surrogatepass"), bound, inside, default)
 
 
 def _constant(decision: Decision) -> CompiledFlag:
@@ -307,19 +308,19 @@ def _visitor_rule(rule: Rule, decisions: _Decisions, condition: Predicate | None
     exposure = rule.exposure_salt + SEPARATOR if rule.exposure < BUCKETS else None
     split = (rule.split_salt + SEPARATOR).encode("utf-8", "surrogatepass")
     fixed, table = _answers(rule, decisions)
-    ends, choices = (table.ends, table.choices) if table is not None else ((), ())
-    return (condition, _utf8(exposure), rule.exposure, fixed, split, ends, choices)
+    ends, choices = (table.hash_ends, table.choices) if table is not None else ((), ())
+    return (condition, _utf8(exposure), hash_bound(rule.exposure), fixed, split, ends, choices)
 
 
 def _utf8(text: str | None) -> bytes | None:
-    # The bytes bucket_prefixed hashes, lone surrogates included.
+    # The bytes hash_prefixed hashes, lone surrogates included.
     return text.encode("utf-8", "surrogatepass") if text is not None else None
 
 
 def _compile_rule(rule: Rule, decisions: _Decisions, condition: Predicate | None) -> RuleStep:
     """One rule as a step that returns its decision when it applies, else None."""
     unit_of = _unit_getter(rule.bucket_by)
-    exposure = rule.exposure if rule.exposure < BUCKETS else None
+    exposure = hash_bound(rule.exposure) if rule.exposure < BUCKETS else None
     exposure_prefix = rule.exposure_salt + SEPARATOR
     fixed, table = _answers(rule, decisions)
     split_prefix = rule.split_salt + SEPARATOR
@@ -330,11 +331,11 @@ def _compile_rule(rule: Rule, decisions: _Decisions, condition: Predicate | None
         unit = visitor if unit_of is None else unit_of(visitor, attrs)
         if unit is None:
             return None
-        if exposure is not None and bucket_prefixed(exposure_prefix, unit) >= exposure:
+        if exposure is not None and hash_prefixed(exposure_prefix, unit) >= exposure:
             return None
         if fixed is not None:
             return fixed
-        return table.pick(bucket_prefixed(split_prefix, unit))  # type: ignore[union-attr]
+        return table.pick_hash(hash_prefixed(split_prefix, unit))  # type: ignore[union-attr]
 
     return step
 

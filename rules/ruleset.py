@@ -12,7 +12,6 @@ from typing import Any
 
 from xxhash import xxh3_64_intdigest, xxh3_128
 
-from rules.bucketing import BUCKETS
 from rules.compiler import CompiledEnvironment, compile_document_steps
 from rules.conditions import memoize_segments
 from rules.decision import Decision
@@ -264,10 +263,8 @@ class Ruleset:
 def _decide_rollouts(env: CompiledEnvironment, unit: bytes, into: dict[str, Decision]) -> None:
     """Every plain rollout of ``env`` in one loop: the visitor code is encoded once, and no
     function is called per flag but the hash. The same arithmetic as ``rules.bucketing``."""
-    for key, prefix, exposure, inside, outside in env.rollouts:
-        into[key] = (
-            inside if (xxh3_64_intdigest(prefix + unit) * BUCKETS) >> 64 < exposure else outside
-        )
+    for key, prefix, bound, inside, outside in env.rollouts:
+        into[key] = inside if xxh3_64_intdigest(prefix + unit) < bound else outside
 
 
 def _decide_bucketed(
@@ -294,14 +291,13 @@ def _decide_bucketed(
                 continue
             if (
                 exposure_prefix is not None
-                and (xxh3_64_intdigest(exposure_prefix + unit) * BUCKETS) >> 64 >= exposure
+                and xxh3_64_intdigest(exposure_prefix + unit) >= exposure
             ):
                 continue
             if fixed is not None:
                 into[key] = fixed
             else:
-                bucket = (xxh3_64_intdigest(split_prefix + unit) * BUCKETS) >> 64
-                into[key] = choices[bisect_right(ends, bucket)]
+                into[key] = choices[bisect_right(ends, xxh3_64_intdigest(split_prefix + unit))]
             break
         else:
             into[key] = default

@@ -12,7 +12,7 @@ from scipy.stats import chi2_contingency, chisquare
 from xxhash import xxh3_64_intdigest
 
 import rules
-from rules.bucketing import BUCKETS, SplitTable, exposure_salt, split_salt
+from rules.bucketing import BUCKETS, SplitTable, exposure_salt, hash_bound, split_salt
 from tests.rules.helpers import DEMO_PATH, one_flag, visitors
 
 # Pinned buckets: any change to the hash, the separator or the scaling re-buckets real users,
@@ -181,3 +181,61 @@ def test_split_table_refuses_weights_not_summing_to_all_buckets() -> None:
     """A table that would leave buckets unassigned cannot be built."""
     with pytest.raises(ValueError, match="sum"):
         SplitTable([("a", 5000)])
+
+
+HASHES = st.integers(0, 2**64 - 1)
+
+
+@given(HASHES, st.integers(0, BUCKETS))
+def test_hash_bound_answers_as_the_bucket_would(hash_value: int, buckets: int) -> None:
+    """Comparing a hash with a bound is comparing its bucket with the range end."""
+    assert ((hash_value * BUCKETS) >> 64 < buckets) == (hash_value < hash_bound(buckets))
+
+
+@pytest.mark.parametrize("buckets", [1, 1234, 3333, 5000, 9999])
+def test_hash_bound_is_the_first_hash_of_its_bucket(buckets: int) -> None:
+    """The bound's hash is the first in bucket ``buckets``; the hash before it is not."""
+    bound = hash_bound(buckets)
+    assert (buckets, buckets - 1) == (
+        (bound * BUCKETS) >> 64,
+        ((bound - 1) * BUCKETS) >> 64,
+    )
+
+
+@given(
+    HASHES,
+    st.lists(st.integers(0, 4000), min_size=1, max_size=6).filter(lambda w: 0 < sum(w) <= BUCKETS),
+)
+def test_split_table_picks_the_same_by_hash_and_by_bucket(
+    hash_value: int, weights: list[int]
+) -> None:
+    """``pick_hash`` of a hash is ``pick`` of its bucket."""
+    shares = [(index, weight) for index, weight in enumerate(weights)]
+    shares.append((len(weights), BUCKETS - sum(weights)))
+    table = SplitTable(shares)
+    assert table.pick((hash_value * BUCKETS) >> 64) == table.pick_hash(hash_value)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"key": "r", "type": "experiment", "exposure": 33.33, "split": {"on": 25, "bold": 75}},
+        {"key": "r", "type": "targeted_delivery", "exposure": 33.33, "variation": "bold"},
+    ],
+)
+def test_compiled_rules_follow_the_documented_buckets(rule: dict[str, Any]) -> None:
+    """Deciding one flag or all of them gives, visitor by visitor, what the bucket formula says
+    for a 33.33 % split experiment and a 33.33 % rollout."""
+    ruleset = one_flag([rule])
+    expected, by_flag, by_batch = [], [], []
+    for unit in visitors(5_000):
+        if rules.bucket(exposure_salt("f", "r"), unit) >= 3333:
+            expected.append("off")
+        elif "variation" in rule:
+            expected.append(rule["variation"])
+        else:
+            expected.append("on" if rules.bucket(split_salt("f", "r"), unit) < 2500 else "bold")
+        by_flag.append(ruleset.decide("f", unit).variation)
+        by_batch.append(ruleset.decide_all(unit)["f"].variation)
+    assert expected == by_flag
+    assert expected == by_batch
