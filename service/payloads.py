@@ -16,7 +16,7 @@ from aiohttp import web
 
 from service.errors import ApiError, invalid
 
-__all__ = ["DecisionQuery", "Limits", "read_body", "read_json", "read_query"]
+__all__ = ["DecisionQuery", "Limits", "parse_json", "read_body", "read_json", "read_query"]
 
 MAX_VISITOR_CODE = 255
 MAX_FLAGS_PER_REQUEST = 1000
@@ -52,7 +52,11 @@ async def read_body(request: web.Request, limits: Limits) -> bytes:
 
 async def read_json(request: web.Request, limits: Limits) -> dict[str, Any]:
     """The request body as a JSON object (an empty body reads as ``{}``)."""
-    raw = await read_body(request, limits)
+    return parse_json(await read_body(request, limits))
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """A body as a JSON object (an empty body reads as ``{}``)."""
     if not raw.strip():
         return {}
     try:
