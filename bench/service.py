@@ -7,7 +7,9 @@ or on the one ``--loop`` names:
 
 1. single-flag ``POST /v1/flags/{flag}/decision`` against a bare aiohttp handler returning a
    fixed JSON body, interleaved over rounds (best of each kept), and their ratio (target 0.85),
-   flagpost as configured by default and with exposure recording off;
+   flagpost as configured by default and with exposure recording off, and flagpost's HTTP
+   shell answering the bare handler's fixed body (``bench/shell_server.py``): what is left of
+   the gap when no decision work is done at all;
 2. ``POST /v1/decide`` over a generated 350-flag ruleset (target 3,000 requests/s), three
    ways side by side: exposure recording off, on with a new visitor on every request (each
    request queues about 50 exposures), and on with 1,000 returning visitors (sessions
@@ -108,7 +110,11 @@ def server(command: list[str], port: int, env: dict[str, str] | None = None) -> 
 
 
 def flagpost(rules: Path, port: int, cache: Path, **extra: str) -> list[str]:
-    return [sys.executable, "-m", "service", "serve", "--port", str(port),
+    """``flagpost serve`` with ``extra`` settings; ``program``, if given, is a script to run
+    in its place with the same arguments (``bench/shell_server.py``)."""
+    program = extra.pop("program", None)
+    command = ("-m", "service") if program is None else (program,)
+    return [sys.executable, *command, "serve", "--port", str(port),
             "--event-loop", LOOP,
             "--rules", str(rules), "--cache-dir", str(cache), "--log-level", "warning",
             "--events", f"file:{cache.parent / 'events'}",
@@ -194,9 +200,11 @@ def main() -> None:
         bare = [sys.executable, str(ROOT / "bench" / "bare_server.py"), str(port), LOOP]
         with server(bare, port) as served:
             keep("bare aiohttp handler", wrk_with_cpu(served, "/decision", args.seconds, script))
+        shell = str(ROOT / "bench" / "shell_server.py")
         for case, extra in (
             ("flagpost single decision", {}),
             ("flagpost single decision, events off", {"events": "off"}),
+            ("flagpost shell, fixed answer, events off", {"events": "off", "program": shell}),
         ):
             port = free_port()
             with server(flagpost(demo, port, work / "cache", **extra), port) as served:
@@ -264,6 +272,7 @@ def report(results: dict[str, float], swapped: bool, seconds: int) -> None:
     bare_cpu = results["bare aiohttp handler, CPU µs per request"]
     cpu_ratio = bare_cpu / results["flagpost single decision, CPU µs per request"]
     cpu_ratio_off = bare_cpu / results["flagpost single decision, events off, CPU µs per request"]
+    shell_ratio = results["flagpost shell, fixed answer, events off, requests/s"] / bare_rate
     decides = {
         name.removeprefix("/v1/decide 350 flags, ").removesuffix(", requests/s"): value
         for name, value in results.items()
@@ -310,6 +319,7 @@ def report(results: dict[str, float], swapped: bool, seconds: int) -> None:
         ),
     ]
     print()
+    print(f"{'(flagpost shell with a fixed answer / bare handler)':66} {shell_ratio:>10,.2f}")
     for name, value, ok, target in checks:
         print(f"{name:66} {value:>10,.2f}  target {target:8} {'ok' if ok else 'MISS'}")
     if not swapped:
