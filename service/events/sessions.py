@@ -106,8 +106,8 @@ class Sessions:
 
         Written for ``/v1/decide`` over hundreds of flags, where nearly every call repeats
         what the session already has: the comparison is one set operation in C."""
-        ruled = [decision for decision in decisions if decision.rule is not None]
-        outcomes = [decision.outcome for decision in ruled]
+        decisions = tuple(decisions)  # read twice when the session lacks some
+        outcomes = [decision.outcome for decision in decisions if decision.rule is not None]
         session = self.by_visitor.get(visitor)
         if (
             session is not None
@@ -115,6 +115,7 @@ class Sessions:
             and set(session).issuperset(outcomes)
         ):
             return session[NUMBER], [], len(outcomes)
+        ruled = [decision for decision in decisions if decision.rule is not None]
         session = self._current(visitor, now)
         number: int = session[NUMBER]
         known = set(session)
