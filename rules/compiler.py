@@ -120,6 +120,9 @@ def _compile_environment(document: Document, env: str) -> Steps[CompiledEnvironm
     clocked: set[str] = set()
     rollouts: list[tuple[str, bytes, int, Decision, Decision]] = []
     bucketed: list[tuple[str, tuple[VisitorRule, ...], Decision]] = []
+    dynamic: list[tuple[str, Evaluator]] = []
+    # Each flag is sorted into its group as it is compiled: after the last one, nothing is
+    # left that walks all of them (that walk was a 10 ms step for 10,000 flags).
     for key, flag in document.flags.items():  # in prerequisite order
         compiled = _compile_flag(flag, env, conditions.compile)
         evaluators[key] = compiled.evaluate
@@ -131,18 +134,16 @@ def _compile_environment(document: Document, env: str) -> Steps[CompiledEnvironm
             rollouts.append((key, *compiled.rollout))
         elif compiled.bucketed is not None:
             bucketed.append((key, *compiled.bucketed))
+        else:
+            dynamic.append((key, compiled.evaluate))
         if compiled.rollout is None and _reads_clock(flag.rules[env], document.segments, clocked):
             clocked.add(key)
         yield
-    batched = {key for key, *_ in rollouts} | {key for key, *_ in bucketed}
-    dynamic = tuple(
-        (key, ev) for key, ev in evaluators.items() if key not in constants and key not in batched
-    )
     return CompiledEnvironment(
         env,
         evaluators,
         constants,
-        dynamic,
+        tuple(dynamic),
         tuple(rollouts),
         tuple(bucketed),
         frozenset(clocked),

@@ -194,3 +194,13 @@ def test_problem_message_lists_every_path() -> None:
     text = str(caught.value)
     assert "flags.a.variations" in text
     assert "flags.b: must be an object" in text
+
+
+def test_loading_a_mapping_leaves_it_as_it_was() -> None:
+    """A document passed as a mapping is read, never emptied (only bytes decoded by the load
+    itself are freed piece by piece)."""
+    document = demo_document()
+    before = copy.deepcopy(document)
+    ruleset = rules.load(document)
+    assert before == document
+    assert rules.load(json.dumps(before)).revision == ruleset.revision
