@@ -321,7 +321,7 @@ def _utf8(text: str | None) -> bytes | None:
 def _compile_rule(rule: Rule, decisions: _Decisions, condition: Predicate | None) -> RuleStep:
     """One rule as a step that returns its decision when it applies, else None."""
     unit_of = _unit_getter(rule.bucket_by)
-    exposure = hash_bound(rule.exposure) if rule.exposure < BUCKETS else None
+    exposure_bound = hash_bound(rule.exposure) if rule.exposure < BUCKETS else None
     exposure_prefix = rule.exposure_salt + SEPARATOR
     fixed, table = _answers(rule, decisions)
     split_prefix = rule.split_salt + SEPARATOR
@@ -332,7 +332,7 @@ def _compile_rule(rule: Rule, decisions: _Decisions, condition: Predicate | None
         unit = visitor if unit_of is None else unit_of(visitor, attrs)
         if unit is None:
             return None
-        if exposure is not None and hash_prefixed(exposure_prefix, unit) >= exposure:
+        if exposure_bound is not None and hash_prefixed(exposure_prefix, unit) >= exposure_bound:
             return None
         if fixed is not None:
             return fixed

@@ -296,23 +296,24 @@ def _decide_bucketed(
         for (
             condition,
             exposure_prefix,
-            exposure,
+            exposure_bound,
             fixed,
             split_prefix,
-            ends,
+            hash_ends,
             choices,
         ) in visitor_rules:
             if condition is not None and not condition(visitor_code, attrs, now):
                 continue
             if (
                 exposure_prefix is not None
-                and xxh3_64_intdigest(exposure_prefix + unit) >= exposure
+                and xxh3_64_intdigest(exposure_prefix + unit) >= exposure_bound
             ):
                 continue
             if fixed is not None:
                 into[key] = fixed
             else:
-                into[key] = choices[bisect_right(ends, xxh3_64_intdigest(split_prefix + unit))]
+                hashed = xxh3_64_intdigest(split_prefix + unit)
+                into[key] = choices[bisect_right(hash_ends, hashed)]
             break
         else:
             into[key] = default
