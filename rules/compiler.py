@@ -59,14 +59,16 @@ class CompiledEnvironment:
     evaluators: Mapping[str, Evaluator]
     #: Decisions of flags that answer every visitor the same, ready to copy.
     constants: Mapping[str, Decision]
-    #: (key, evaluator) of every other flag whose answer depends on the visitor.
-    dynamic: tuple[tuple[str, Evaluator], ...]
+    #: (key, evaluator) of every other flag whose answer depends on the visitor. (This and
+    #: the next two are lists, never changed once compiled, so ``Ruleset.release_steps`` can
+    #: take them apart a piece at a time.)
+    dynamic: list[tuple[str, Evaluator]]
     #: Plain percentage rollouts, evaluated in one loop by ``decide_all`` rather than one
     #: call each: (key, UTF-8 salt prefix, exposure as a hash bound, inside, outside).
-    rollouts: tuple[tuple[str, bytes, int, Decision, Decision], ...]
+    rollouts: list[tuple[str, bytes, int, Decision, Decision]]
     #: The other flags whose rules all bucket by the visitor code (segment targeting then a
     #: rollout, experiments, ...), also run by ``decide_all`` in one loop: (key, rules, default).
-    bucketed: tuple[tuple[str, tuple[VisitorRule, ...], Decision], ...]
+    bucketed: list[tuple[str, tuple[VisitorRule, ...], Decision]]
     #: Flags whose answer depends on the evaluation time (so only they need the clock).
     clocked: frozenset[str]
 
@@ -143,9 +145,9 @@ def _compile_environment(document: Document, env: str) -> Steps[CompiledEnvironm
         env,
         evaluators,
         constants,
-        tuple(dynamic),
-        tuple(rollouts),
-        tuple(bucketed),
+        dynamic,
+        rollouts,
+        bucketed,
         frozenset(clocked),
     )
 

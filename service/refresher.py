@@ -2,9 +2,11 @@
 
 A new document is decoded, validated and compiled on the event loop in small steps (a
 10,000-flag document takes about a second), handing the loop back every couple of
-milliseconds so requests keep being answered, then swapped in whole. A worker thread would
-not do: it holds the GIL for as long as it likes, and decisions would wait on it. Whatever
-goes wrong, the last good ruleset keeps being served: the failure is logged, counted, shown.
+milliseconds so requests keep being answered, then swapped in whole. The ruleset it replaces
+is taken apart the same way once nothing uses it: freed at once, a large one would hold the
+loop for tens of milliseconds. A worker thread would not do: it holds the GIL for as long as
+it likes, and decisions would wait on it. Whatever goes wrong, the last good ruleset keeps
+being served: the failure is logged, counted, shown.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import asyncio
 import contextlib
 import gc
 import random
+import sys
 from collections.abc import Callable
 from time import perf_counter
+from typing import TypeVar
 
 import rules
 from service.logs import get_logger
@@ -33,6 +37,7 @@ FIRST_RETRY_SECONDS = 1.0
 SHOWN_PROBLEMS = 5
 #: How long loading may hold the event loop before letting requests through.
 SLICE_SECONDS = 0.001
+T = TypeVar("T")
 
 
 class Refresher:
@@ -120,6 +125,10 @@ class Refresher:
             origin=origin,
             previous=previous.ruleset.revision if previous else None,
         )
+        if previous is not None:
+            replaced = [previous.ruleset]
+            del previous  # the only references left are ours, unless a request still has one
+            await release_cooperatively(replaced)
 
     async def _save(self, data: bytes) -> None:
         try:
@@ -149,25 +158,41 @@ async def load_cooperatively(data: bytes) -> rules.Ruleset:
     checks it), so afterwards it is frozen: collections never walk it, and when it is
     replaced, reference counting frees it.
     """
-    steps = rules.load_steps(data)
     collecting = gc.isenabled()
     gc.disable()
     try:
-        deadline = perf_counter() + SLICE_SECONDS
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                ruleset: rules.Ruleset = done.value
-                break
-            if perf_counter() >= deadline:
-                await asyncio.sleep(0)
-                deadline = perf_counter() + SLICE_SECONDS
+        ruleset = await run_cooperatively(rules.load_steps(data))
     finally:
         if collecting:
             gc.enable()
     gc.freeze()
     return ruleset
+
+
+async def release_cooperatively(holder: list[rules.Ruleset]) -> bool:
+    """Take apart the ruleset ``holder`` alone refers to (it is emptied), in steps; whether
+    it was. One still referred to elsewhere, say by a request that has yet to finish with it,
+    is left to reference counting, which frees it in one piece once that is done."""
+    ruleset = holder.pop()
+    await asyncio.sleep(0)  # requests that read the old snapshot finish first
+    if sys.getrefcount(ruleset) > 2:  # this name, and getrefcount's own argument
+        return False
+    await run_cooperatively(ruleset.release_steps())
+    return True
+
+
+async def run_cooperatively(steps: rules.steps.Steps[T]) -> T:
+    """Run ``steps`` to the end, handing the loop back every ``SLICE_SECONDS``."""
+    deadline = perf_counter() + SLICE_SECONDS
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        if perf_counter() >= deadline:
+            await asyncio.sleep(0)
+            deadline = perf_counter() + SLICE_SECONDS
 
 
 def _describe(error: Exception) -> str:

@@ -427,3 +427,17 @@ def test_generated_rules_exercise_every_batched_shape() -> None:
         for decision in GENERATED.decide_all(visitor, context).values()
     )
     assert {Reason.TARGETING_MATCH, Reason.SPLIT, Reason.DEFAULT, Reason.STATIC} <= set(reasons)
+
+
+def test_release_steps_take_a_ruleset_apart_in_many_small_steps() -> None:
+    """Releasing a 400-flag ruleset takes many steps and leaves it knowing no flag, while
+    another ruleset of the same document keeps answering."""
+    document = generate(400)
+    released, kept = rules.load(document), rules.load(document)
+    expected = kept.decide_all("v-1")
+    steps = sum(1 for _ in released.release_steps())
+    assert steps >= 400 // rules.ruleset.RELEASED_PER_STEP
+    with pytest.raises(rules.FlagNotFound):
+        released.decide("flag_00000", "v-1")
+    assert {} == released.decide_all("v-1")
+    assert expected == kept.decide_all("v-1")

@@ -9,7 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import rules
 from bench.generate import generate
+from service.refresher import release_cooperatively
 from tests.service.conftest import DEMO, Api, AppFactory
 from tests.service.rules_server import eventually, serve_rules
 
@@ -223,3 +225,21 @@ async def test_backoff_doubles_from_one_second_up_to_the_interval(tmp_path: Path
         delays.append(refresher._next_delay())
     for expected, delay in zip([1, 2, 4, 8, 10, 10], delays, strict=True):
         assert expected * 0.8 <= delay <= expected * 1.2
+
+
+async def test_a_replaced_ruleset_is_released_only_when_nothing_holds_it() -> None:
+    """The ruleset a swap replaced is taken apart when only the refresher holds it (a live
+    view of its constant decisions empties), and left whole while something else (an
+    unfinished request, say) still does."""
+    replaced = [rules.load(DEMO.read_bytes())]
+    constants = replaced[0].constant_decisions()
+    assert constants
+    held = rules.load(DEMO.read_bytes())
+    holder = [held]
+    assert [True, False] == [
+        await release_cooperatively(replaced),
+        await release_cooperatively(holder),
+    ]
+    assert ([], []) == (replaced, holder)
+    assert {} == dict(constants)
+    assert "new_checkout" == held.decide("new_checkout", "v-1").flag
