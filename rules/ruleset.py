@@ -68,16 +68,28 @@ def load_steps(data: bytes | str | Mapping[str, Any]) -> Steps[Ruleset]:
     return Ruleset(document, revision, compiled)
 
 
+#: Items (flags, or compiled pieces of them) freed per step of ``Ruleset.release_steps``
+#: and of a load's release of the document it decoded.
+RELEASED_PER_STEP = 50
+
+
 def _release_steps(decoded: Any) -> Steps[None]:
-    """Free a decoded document a member at a time. Left to go at once when loading ends,
-    a 10,000-flag document took 10 ms or more to free in one piece: the longest step."""
+    """Free a decoded document a few members at a time. Left to go at once when loading
+    ends, a 10,000-flag document took 10 ms or more to free in one piece: the longest step."""
     if isinstance(decoded, dict):
-        for value in decoded.values():
-            if isinstance(value, dict):
-                while value:
-                    value.popitem()
-                    yield
-        decoded.clear()
+        yield from _emptying_steps([*decoded.values(), decoded])
+
+
+def _emptying_steps(parts: list[Any]) -> Steps[None]:
+    """Empty each dict or list of ``parts`` (anything else is left alone), popping
+    ``RELEASED_PER_STEP`` items a step: what they alone hold is freed a little at a time."""
+    for part in parts:
+        if not isinstance(part, (dict, list)):
+            continue
+        while part:
+            for _ in range(min(len(part), RELEASED_PER_STEP)):
+                part.popitem() if isinstance(part, dict) else part.pop()
+            yield
 
 
 def _content_revision(decoded: Mapping[str, Any]) -> Steps[str]:
@@ -97,10 +109,6 @@ def _content_revision(decoded: Mapping[str, Any]) -> Steps[str]:
 def _canonical(value: Any) -> bytes:
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return text.encode("utf-8", "surrogatepass")
-
-
-#: Flags (or compiled pieces of them) freed per step of ``Ruleset.release_steps``.
-RELEASED_PER_STEP = 50
 
 
 class Ruleset:
@@ -142,13 +150,7 @@ class Ruleset:
         parts: list[Any] = [self._document.flags, self._document.segments]
         for env in environments:
             parts += [env.evaluators, env.constants, env.dynamic, env.rollouts, env.bucketed]
-        for part in parts:
-            if not isinstance(part, (dict, list)):
-                continue  # (every part is one of these today; anything else just waits)
-            while part:
-                for _ in range(min(len(part), RELEASED_PER_STEP)):
-                    part.popitem() if isinstance(part, dict) else part.pop()
-                yield
+        yield from _emptying_steps(parts)
 
     # -- decisions ------------------------------------------------------------------------
 
