@@ -45,17 +45,13 @@ def bucket(salt: str, unit: str) -> int:
     """
     if SEPARATOR in salt:
         raise ValueError("a salt must not contain NUL")
-    return bucket_prefixed(salt + SEPARATOR, unit)
-
-
-def bucket_prefixed(prefix: str, unit: str) -> int:
-    """Bucket ``unit`` under a salt already joined with its separator."""
-    return (hash_prefixed(prefix, unit) * BUCKETS) >> 64
+    return (hash_prefixed(salt + SEPARATOR, unit) * BUCKETS) >> 64
 
 
 def hash_prefixed(prefix: str, unit: str) -> int:
-    """The 64-bit hash behind ``bucket_prefixed`` (the compiled hot path compares it with
-    ``hash_bound``s instead of computing the bucket)."""
+    """The 64-bit hash of ``unit`` under a salt already joined with its separator: the
+    bucket's source (the compiled hot path compares it with ``hash_bound``s instead of
+    computing the bucket)."""
     text = prefix + unit
     try:
         data = text.encode()
