@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import rules
 from service.logs import get_logger
+from service.sharing import SLICE_SECONDS, give_way
 from service.sources import RulesSource, SourceError
 from service.store import DiskCache, RulesStore
 
@@ -35,8 +36,6 @@ DEBOUNCE_SECONDS = 0.05
 FIRST_RETRY_SECONDS = 1.0
 #: The most errors of an invalid document that are logged and shown.
 SHOWN_PROBLEMS = 5
-#: How long loading may hold the event loop before letting requests through.
-SLICE_SECONDS = 0.001
 T = TypeVar("T")
 
 
@@ -191,7 +190,7 @@ async def run_cooperatively(steps: rules.steps.Steps[T]) -> T:
             result: T = done.value
             return result
         if perf_counter() >= deadline:
-            await asyncio.sleep(0)
+            await give_way()
             deadline = perf_counter() + SLICE_SECONDS
 
 

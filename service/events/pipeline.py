@@ -1,15 +1,13 @@
 """The events pipeline: the queue, the sessions, the flusher task and one worker per sink.
 
 The flusher wakes when a batch is full or ``flush_interval`` has passed, turns what is queued
-into records once, and hands the batch to every sink's worker. It builds a batch in slices of
-about two milliseconds, handing the event loop back in between, so requests never wait behind
-a whole batch or a backlog (500 single-decision rows take 2 to 4 ms on the benchmark machine;
-1 ms slices cost the pipeline 10 to 20 % of its throughput there, 2 ms ones nothing
-measurable). A flush asked for meanwhile
-(``flush``: the flush endpoint, a full queue, stopping) first finishes the batch being built,
-so batches keep their order and nothing taken from the queue is left behind. Stopping drains:
-the queue is flushed, each worker gets ``drain_timeout`` seconds to deliver, the rest is
-spooled.
+into records once, and hands the batch to every sink's worker. It builds a batch in slices
+(``service.sharing``), giving way to requests in between, so none waits behind a whole batch
+or a backlog (500 single-decision rows take 2 to 4 ms on the benchmark machine). A flush asked
+for meanwhile (``flush``: the flush endpoint, a full queue, stopping) first finishes the batch
+being built, so batches keep their order and nothing taken from the queue is left behind.
+Stopping drains: the queue is flushed, each worker gets ``drain_timeout`` seconds to deliver,
+the rest is spooled.
 """
 
 from __future__ import annotations
@@ -35,13 +33,11 @@ from service.events.sinks import Sink
 from service.events.spool import Spool
 from service.events.stats import EventStats
 from service.logs import get_logger
+from service.sharing import SLICE_SECONDS, give_way
 
 __all__ = ["Pipeline"]
 
 log = get_logger(__name__)
-
-#: The longest the flusher holds the event loop while building a batch, in seconds.
-SLICE_SECONDS = 0.002
 
 
 class Pipeline:
@@ -150,7 +146,7 @@ class Pipeline:
                 self._submit(done.value)
                 return
             if perf_counter() >= deadline:
-                await asyncio.sleep(0)
+                await give_way()
                 deadline = perf_counter() + SLICE_SECONDS
 
     async def _flush_forever(self) -> None:
