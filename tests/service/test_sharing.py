@@ -43,3 +43,19 @@ async def test_a_bare_yield_runs_the_next_slice_first() -> None:
     """Why give_way exists: with ``asyncio.sleep(0)`` the next slice runs before the handler
     the bytes woke, so that request waits out two slices."""
     assert ["slice 1", "slice 2", "request"] == await order_of_events(lambda: asyncio.sleep(0))
+
+
+async def test_a_task_cancelled_while_giving_way_ends_quietly() -> None:
+    """Cancelling a task that is giving way neither fails the loop nor reports an error."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        waiting = asyncio.create_task(give_way())
+        await asyncio.sleep(0)  # the task is now waiting for its timer
+        waiting.cancel()
+        await asyncio.sleep(0.01)  # the timer has fired by now
+        assert waiting.cancelled()
+    finally:
+        loop.set_exception_handler(None)
+    assert [] == reported
