@@ -143,6 +143,11 @@ def flagpost(rules: Path, port: int, cache: Path, **extra: str) -> list[str]:
             *[f"--{k.replace('_', '-')}={v}" for k, v in extra.items()]]  # fmt: skip
 
 
+def bare_handler(port: int) -> list[str]:
+    """The yardstick, ``bench/bare_server.py``, on flagpost's event loop."""
+    return [sys.executable, str(ROOT / "bench" / "bare_server.py"), str(port), LOOP]
+
+
 def wrk(url: str, seconds: int, script: Path, connections: int = 32) -> dict[str, float]:
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
@@ -281,8 +286,7 @@ def main() -> None:
 
     for _ in range(args.rounds):
         port = free_port()
-        bare = [sys.executable, str(ROOT / "bench" / "bare_server.py"), str(port), LOOP]
-        with server(bare, port) as served:
+        with server(bare_handler(port), port) as served:
             keep("bare aiohttp handler", wrk_with_cpu(served, "/decision", args.seconds, script))
         shell = str(ROOT / "bench" / "shell_server.py")
         for case, extra in (
@@ -325,7 +329,7 @@ def main() -> None:
         ):
             port = free_port()
             if rules_file is None:
-                command = [sys.executable, str(ROOT / "bench" / "bare_server.py"), str(port), LOOP]
+                command = bare_handler(port)
                 path = "/decision"
             else:
                 command = flagpost(rules_file, port, work / "cache")
