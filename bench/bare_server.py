@@ -31,6 +31,8 @@ async def decision(request: web.Request) -> web.Response:
 def main() -> None:
     app = web.Application()
     app.router.add_post("/decision", decision)
+    # Chosen here rather than with service.server.new_event_loop: importing flagpost would
+    # load its modules into the yardstick's process, which should hold aiohttp alone.
     loop: asyncio.AbstractEventLoop
     if (sys.argv[2:] or ["uvloop"])[0] == "uvloop":
         import uvloop
