@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rules.operators import MISSING, OPERATORS, parse_semver, to_instant
+from rules.operators import MAX_REGEX_TEXT, MISSING, OPERATORS, parse_semver, to_instant
 
 # (operator, rule value, attribute value, expected)
 CASES: list[tuple[str, Any, Any, bool]] = [
@@ -107,6 +109,7 @@ def test_exists_checks_presence_either_way() -> None:
         ("in", [[1]], "string, number, boolean or null"),
         ("starts_with", "", "non-empty string"),
         ("regex", "(", "invalid regular expression"),
+        ("regex", "(?<!x)y", "RE2 syntax"),
         ("gt", "ten", "finite number"),
         ("semver_gt", "one", "semantic version"),
         ("before", "tomorrow", "ISO 8601"),
@@ -165,3 +168,32 @@ def test_operators_never_raise_on_any_attribute_value(actual: object) -> None:
 def test_naive_attribute_instants_are_read_as_utc() -> None:
     """An attribute time without an offset means UTC."""
     assert to_instant("2026-12-01T00:00:00") == to_instant("2026-12-01T00:00:00Z")
+
+
+def test_regex_runs_in_linear_time_on_a_catastrophic_pattern() -> None:
+    """``(a+)+$`` on a long run of "a" answers no match at once (a backtracking engine never ends)."""
+    probe = (
+        "from rules.operators import OPERATORS; "
+        "test = OPERATORS['regex'].build('(a+)+$'); "
+        "print(test('a' * 4000 + '!'), test('a' * 4000))"
+    )
+    # A hang detector, not a speed check: the backtracking engine needs ~2**4000 steps here.
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "False True" == result.stdout.strip()
+
+
+def test_regex_sees_attribute_text_only_up_to_its_bound() -> None:
+    """Text longer than ``MAX_REGEX_TEXT`` characters is no match, even where the pattern would match."""
+    test = OPERATORS["regex"].build("b")
+    assert (True, False) == (
+        test("a" * (MAX_REGEX_TEXT - 1) + "b"),
+        test("a" * MAX_REGEX_TEXT + "b"),
+    )
+
+
+def test_regex_matches_unicode_text_by_characters() -> None:
+    """RE2 works on UTF-8; patterns and text outside ASCII match as characters."""
+    test = OPERATORS["regex"].build(r"^caf.$")
+    assert (True, False) == (test("café"), test("cafés"))

@@ -53,6 +53,8 @@ BREAKAGES: list[tuple[str, Callable[[dict[str, Any]], Any], str, str, bool]] = [
     ("unknown variable type", lambda d: d["flags"]["new_checkout"]["variables"]["max_items"].update(type="float"), f"{NC}.variables.max_items.type", "must be one of", True),
     ("duplicate rule key", lambda d: rule(d, 1).update(key="staff"), f"{NC}.rules[1].key", "duplicate rule key 'staff'", False),
     ("invalid regex", lambda d: d["segments"]["internal_staff"]["any"][0].update(op="regex", value="[a-"), "segments.internal_staff.any[0].value", "invalid regular expression", False),
+    ("look-ahead regex (not RE2)", lambda d: d["segments"]["internal_staff"]["any"][0].update(op="regex", value="^(?=admin)"), "segments.internal_staff.any[0].value", "RE2 syntax", False),
+    ("backreference regex (not RE2)", lambda d: d["segments"]["internal_staff"]["any"][0].update(op="regex", value=r"(a)\1"), "segments.internal_staff.any[0].value", "RE2 syntax", False),
     ("unknown operator", lambda d: d["segments"]["french_mobile"]["all"][1].update(op="equals"), "segments.french_mobile.all[1].op", "unknown operator 'equals'", True),
     ("unknown rule field", lambda d: rule(d, 0).update(percentage=5), f"{NC}.rules[0].percentage", "unknown field", True),
     ("unknown top field", lambda d: d.update(flagz={}), "flagz", "unknown field", True),
