@@ -5,10 +5,16 @@ call. Here the top-level object and its sections (``flags``, ``segments``, ...) 
 member by member, each value decoded on its own, and the walk yields between members, so
 whoever drives it can do other work in between. Duplicate keys are refused at every level;
 NaN and Infinity are not JSON and are refused too.
+
+Two things could still take one long step: turning the bytes into text, and decoding one
+huge value. The text is decoded a ``PIECE`` at a time. A piece with no quote at all can only
+lie inside one string (or a run of digits or blanks), so a document with such a piece holds a
+value longer than any rules document needs, and is refused before any value is decoded.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections.abc import Generator
@@ -21,6 +27,8 @@ __all__ = ["decode_steps"]
 
 Steps = Generator[None, None, Any]
 _SPACE = re.compile(r"[ \t\n\r]*")
+#: Characters of text decoded per step; any single value is shorter than two of them.
+PIECE = 1 << 20
 
 
 class _Duplicates(ValueError):
@@ -46,8 +54,9 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_build_object, parse_constant=_ref
 def decode_steps(data: bytes | bytearray | str) -> Steps:
     """Decode ``data``, yielding between members; returns the value or raises InvalidRuleset."""
     try:
-        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+        text = (yield from _text_steps(data)) if isinstance(data, (bytes, bytearray)) else data
         text = text.removeprefix("\ufeff")
+        _refuse_huge_values(text)
         start = _SPACE.match(text, 0).end()  # type: ignore[union-attr]
         if text.startswith("{", start):
             value, end = yield from _walk(text, start, depth=0)
@@ -66,6 +75,29 @@ def decode_steps(data: bytes | bytearray | str) -> Steps:
         raise InvalidRuleset([Problem("", f"not valid JSON: {error}")]) from None
     except RecursionError:
         raise InvalidRuleset([Problem("", "the document nests too deeply")]) from None
+
+
+def _text_steps(data: bytes | bytearray) -> Generator[None, None, str]:
+    """``data`` decoded from UTF-8, ``PIECE`` bytes a step."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(data)
+    pieces = []
+    for start in range(0, len(view), PIECE):
+        pieces.append(decoder.decode(view[start : start + PIECE]))
+        yield
+    pieces.append(decoder.decode(b"", final=True))
+    return "".join(pieces)
+
+
+def _refuse_huge_values(text: str) -> None:
+    """Refuse a document with a piece of text that holds no quote (a value over ``PIECE``
+    characters long) before any of it is decoded: decoding it would be one long step."""
+    for start in range(0, len(text) - PIECE + 1, PIECE):
+        if text.find('"', start, start + PIECE) < 0:
+            raise ValueError(
+                f"a value near character {start} is longer than {PIECE} characters "
+                "(no rules document needs one)"
+            )
 
 
 def _walk(text: str, index: int, depth: int) -> Generator[None, None, tuple[dict[str, Any], int]]:

@@ -12,7 +12,7 @@ from typing import Any, Final, cast
 
 from rules import bucketing
 from rules.conditions import Condition, FlagRef, Scope, SegmentRef, parse_condition, references
-from rules.errors import InvalidRuleset
+from rules.errors import InvalidRuleset, Problem
 from rules.model import Document, Event, Flag, Rule, RuleType, Variable, Variation
 from rules.report import Report, describe, join, key_path
 from rules.steps import Steps, finish
@@ -77,12 +77,18 @@ def parse_document(data: object) -> Document:
     return finish(parse_document_steps(data))
 
 
-def parse_document_steps(data: object) -> Steps[Document]:
-    """``parse_document`` in steps: it yields after each segment and flag."""
+def parse_document_steps(data: object, max_flags: int | None = None) -> Steps[Document]:
+    """``parse_document`` in steps: it yields after each segment and flag. A document with
+    more than ``max_flags`` flags is refused before any of them is looked at."""
     report = Report()
     top = report.mapping(data, "")
     if top is None:
         raise InvalidRuleset(report.problems)
+    flag_count = len(top["flags"]) if isinstance(top.get("flags"), dict) else 0
+    if max_flags is not None and flag_count > max_flags:
+        raise InvalidRuleset(
+            [Problem("flags", f"holds {flag_count} flags; the limit is {max_flags}")]
+        )
     report.fields(top, "", _TOP_FIELDS)
     if "format" not in top:
         report.add("format", f"is required (this version reads format {FORMAT})")

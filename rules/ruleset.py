@@ -37,15 +37,18 @@ _MAX_CODE = MAX_VISITOR_CODE_LENGTH
 Now = float | datetime | None
 
 
-def load(data: bytes | str | Mapping[str, Any]) -> Ruleset:
+def load(data: bytes | str | Mapping[str, Any], *, max_flags: int | None = None) -> Ruleset:
     """Validate and compile a rules document given as JSON bytes, JSON text or decoded data.
 
-    Raises ``InvalidRuleset`` listing every problem when the document is not valid.
+    Raises ``InvalidRuleset`` listing every problem when the document is not valid, or when
+    it holds more than ``max_flags`` flags (no limit when None).
     """
-    return finish(load_steps(data))
+    return finish(load_steps(data, max_flags=max_flags))
 
 
-def load_steps(data: bytes | str | Mapping[str, Any]) -> Steps[Ruleset]:
+def load_steps(
+    data: bytes | str | Mapping[str, Any], *, max_flags: int | None = None
+) -> Steps[Ruleset]:
     """``load`` in small steps: decoding, validation and compilation yield between flags.
 
     Nothing happens until the generator is advanced; drive it with ``next()`` and pause
@@ -58,7 +61,7 @@ def load_steps(data: bytes | str | Mapping[str, Any]) -> Steps[Ruleset]:
     else:
         decoded, owned = data, False
     try:
-        document = yield from parse_document_steps(decoded)
+        document = yield from parse_document_steps(decoded, max_flags)
     except RecursionError:
         raise InvalidRuleset([Problem("", "the document nests too deeply")]) from None
     revision = document.revision or (yield from _content_revision(decoded))

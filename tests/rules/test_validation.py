@@ -206,3 +206,27 @@ def test_loading_a_mapping_leaves_it_as_it_was() -> None:
     ruleset = rules.load(document)
     assert before == document
     assert rules.load(json.dumps(before)).revision == ruleset.revision
+
+
+def test_a_document_over_the_flag_limit_is_refused_before_its_flags_are_read() -> None:
+    """``max_flags`` refuses a document with more flags, naming the count and the limit."""
+    doc = demo_document()
+    count = len(doc["flags"])
+    with pytest.raises(rules.InvalidRuleset) as caught:
+        rules.load(doc, max_flags=count - 1)
+    assert [("flags", f"holds {count} flags; the limit is {count - 1}")] == [
+        (problem.path, problem.reason) for problem in caught.value.errors
+    ]
+    assert count == len(rules.load(doc, max_flags=count).flag_keys)
+
+
+def test_a_value_longer_than_a_decoding_piece_is_refused() -> None:
+    """A single value of more than ``PIECE`` characters is refused before decoding it."""
+    from rules.decoding import PIECE
+
+    doc = demo_document()
+    doc["description"] = "x" * (2 * PIECE)
+    reason = problems_of(json.dumps(doc).encode())[0][1]
+    assert f"is longer than {PIECE} characters" in reason
+    doc["description"] = "x" * (PIECE // 2)
+    assert rules.load(json.dumps(doc).encode())
