@@ -21,7 +21,7 @@ from time import perf_counter
 from aiohttp import web
 
 import rules
-from service import ops
+from service import ops, redaction
 from service.api import Serving
 from service.errors import ApiError, error_response, from_rules_error
 from service.events.pipeline import Pipeline
@@ -50,8 +50,12 @@ _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LA
 
 def create_app(settings: Settings) -> web.Application:
     """Build the application; nothing is read, fetched or started until it runs."""
+    redaction.register(settings.secrets())
     source = open_source(
-        settings.rules, timeout=settings.rules_timeout, authorization=settings.rules_auth
+        settings.rules,
+        timeout=settings.rules_timeout,
+        max_bytes=settings.max_rules_bytes,
+        authorization=settings.rules_auth.reveal() if settings.rules_auth else None,
     )
     store = RulesStore(source.description)
     metrics = Metrics(store)
@@ -60,12 +64,15 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[STORE] = store
     app[METRICS] = metrics
-    app[LIMITS] = Limits(settings.max_body, settings.max_attributes, settings.max_depth)
+    app[LIMITS] = Limits(
+        settings.max_body, settings.max_attributes, settings.max_depth, settings.body_timeout
+    )
     app[REFRESHER] = Refresher(
         source,
         store,
         DiskCache(settings.cache_dir),
         interval=settings.refresh_interval,
+        max_flags=settings.max_flags,
         on_result=lambda result: metrics.refreshes.labels(result).inc(),
     )
     app[PIPELINE] = pipeline = _pipeline(settings, metrics)
@@ -88,7 +95,7 @@ def _pipeline(settings: Settings, metrics: Metrics) -> Pipeline:
             spec,
             file_max_bytes=settings.events_file_max_bytes,
             timeout=min(settings.sink_timeout, 5.0),
-            authorization=settings.events_auth,
+            authorization=settings.events_auth.reveal() if settings.events_auth else None,
             source_id=settings.tracker_source,
         )
         for spec in settings.events
@@ -143,7 +150,7 @@ class GuardedRouter:
 
     def __init__(self, app: web.Application, settings: Settings, stats: RequestStats) -> None:
         self.app = app
-        self.keys = tuple(key.encode() for key in settings.api_keys)
+        self.keys = tuple(key.reveal().encode() for key in settings.api_keys)
         self.stats = stats
 
     def add(self, method: str, path: str, handler: Handler) -> None:
@@ -216,7 +223,8 @@ def _has_key(request: web.Request, keys: tuple[bytes, ...]) -> bool:
     if presented is None:
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
         presented = credentials.strip() if scheme.lower() == "bearer" else ""
-    offered = presented.encode()
+    # Header bytes that are not UTF-8 arrive as surrogates: they match no key, never crash.
+    offered = presented.encode(errors="replace")
     found = False
     for key in keys:  # every key is compared, so timing does not tell which one nearly matched
         found |= hmac.compare_digest(offered, key)

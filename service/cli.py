@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import orjson
 
 import rules
-from service.server import run
+from service.server import ListenError, run
 from service.settings import Settings, SettingsError, load_settings
 
 __all__ = ["main"]
@@ -99,7 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise _Failure(f"invalid setting: {error}", EXIT_USAGE) from None
     try:
         run(settings)
-    except OSError as error:
+    except ListenError as error:
         raise _Failure(
             f"cannot listen on {settings.host}:{settings.port}: {error.strerror}"
         ) from None

@@ -4,8 +4,10 @@
     ├── 400 INVALID_REQUEST     malformed JSON, wrong types, unknown fields (.field names it)
     ├── 400 INVALID_VISITOR_CODE
     ├── 400 UNKNOWN_ENVIRONMENT
+    ├── 400 MALFORMED_HTTP      not parseable as HTTP/1.1 (nothing of it is echoed)
     ├── 401 UNAUTHORIZED
     ├── 404 FLAG_NOT_FOUND, VARIABLE_NOT_FOUND, EVENT_NOT_FOUND, NOT_FOUND
+    ├── 408 REQUEST_TIMEOUT     the body did not arrive within FLAGPOST_BODY_TIMEOUT
     ├── 413 PAYLOAD_TOO_LARGE
     └── 503 NOT_READY           no ruleset has been loaded yet
 
@@ -34,6 +36,8 @@ class ApiError(Exception):
         message: str,
         field: str | None = None,
         headers: dict[str, str] | None = None,
+        *,
+        closes: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -41,6 +45,9 @@ class ApiError(Exception):
         self.message = message
         self.field = field
         self.headers = headers or {}
+        #: The connection is closed after the answer: what is left of the request cannot be
+        #: read (an undecodable or stalled body).
+        self.closes = closes
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -55,12 +62,15 @@ def invalid(message: str, field: str | None = None) -> ApiError:
 
 
 def error_response(error: ApiError, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
+    response = web.Response(
         status=error.status,
         body=orjson.dumps(error.body()),
         content_type="application/json",
         headers=headers,
     )
+    if error.closes:
+        response.force_close()
+    return response
 
 
 _RULES_ERRORS: dict[type[rules.RulesError], tuple[int, str]] = {

@@ -2,7 +2,8 @@
 
 Every line is one JSON object (or a readable console line), carries ``request_id`` when it
 was written while a request was being handled, and goes to stderr. Nothing is logged per
-request unless the access log is asked for.
+request unless the access log is asked for. No line carries a configured secret: each is
+masked in the finished line (``service.redaction``), whoever wrote it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 import orjson
 import structlog
+
+from service.redaction import redact
 
 __all__ = ["REQUEST_ID", "configure_logging", "get_logger"]
 
@@ -38,6 +41,10 @@ _SHARED: list[Any] = [
 ]
 
 
+def _redacted(logger: Any, method: str, line: Any) -> str:
+    return redact(line)
+
+
 def _json(data: Any, **_: Any) -> str:
     return orjson.dumps(data, default=str).decode()
 
@@ -57,6 +64,7 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
                 renderer,
+                _redacted,
             ],
         )
     )

@@ -1,12 +1,14 @@
 """Reading requests: every body and query is hostile until checked here.
 
-Each problem becomes an ``ApiError`` naming the field: a body that is too large (413),
-malformed JSON, a wrong type, an unknown field, a bad visitor code, or a context with too
-many or too deeply nested attributes (400).
+Each problem becomes an ``ApiError`` naming the field: a body that is too large (413), one
+that does not arrive within the body timeout (408), one that cannot be decoded (a bogus
+``Content-Encoding``), malformed JSON, a wrong type, an unknown field, a bad visitor code, or
+a context with too many or too deeply nested attributes (400).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -27,6 +29,9 @@ class Limits:
     max_body: int
     max_attributes: int
     max_depth: int
+    #: Seconds a client has to send a whole body: one that announces 100 bytes and sends 5
+    #: must not keep its connection (and a handler) for ever.
+    body_timeout: float = 10.0
 
 
 class DecisionQuery(NamedTuple):
@@ -41,13 +46,33 @@ class DecisionQuery(NamedTuple):
 
 
 async def read_body(request: web.Request, limits: Limits) -> bytes:
-    """The raw body, refused with 413 above the limit (declared or streamed)."""
+    """The raw body, refused with 413 above the limit (declared or streamed), 408 when it is
+    not all there in time, 400 when it cannot be decoded."""
     if (request.content_length or 0) > limits.max_body:
         raise _too_large(limits)
+    if request.content.is_eof():  # all of it has arrived (the common case): no timer needed
+        return await _read(request, limits)
+    try:
+        async with asyncio.timeout(limits.body_timeout):
+            return await _read(request, limits)
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "REQUEST_TIMEOUT",
+            f"the body did not arrive within {limits.body_timeout:g} seconds",
+            closes=True,
+        ) from None
+
+
+async def _read(request: web.Request, limits: Limits) -> bytes:
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limits) from None
+    except web.RequestPayloadError:  # e.g. a Content-Encoding the body is not in
+        raise ApiError(
+            400, "INVALID_REQUEST", "the body cannot be decoded as sent", closes=True
+        ) from None
 
 
 async def read_json(request: web.Request, limits: Limits) -> dict[str, Any]:

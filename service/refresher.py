@@ -21,6 +21,7 @@ from time import perf_counter
 from typing import TypeVar
 
 import rules
+from service import heap
 from service.logs import get_logger
 from service.sharing import SLICE_SECONDS, give_way
 from service.sources import RulesSource, SourceError
@@ -49,12 +50,14 @@ class Refresher:
         cache: DiskCache,
         *,
         interval: float,
+        max_flags: int | None = None,
         on_result: Callable[[str], None] = lambda result: None,
     ) -> None:
         self.source = source
         self.store = store
         self.cache = cache
         self.interval = interval
+        self.max_flags = max_flags
         self._on_result = on_result  # told "updated", "unchanged" or "failed" (metrics)
         self._wake = asyncio.Event()
         self._failures_in_a_row = 0
@@ -114,7 +117,7 @@ class Refresher:
         return result
 
     async def _install(self, data: bytes, origin: str) -> None:
-        ruleset = await load_cooperatively(data)
+        ruleset = await load_cooperatively(data, self.max_flags)
         previous = self.store.current
         self.store.swap(ruleset, origin)
         log.info(
@@ -147,25 +150,24 @@ class Refresher:
         )
 
 
-async def load_cooperatively(data: bytes) -> rules.Ruleset:
+async def load_cooperatively(data: bytes, max_flags: int | None = None) -> rules.Ruleset:
     """``rules.load``, yielding to the event loop every ``SLICE_SECONDS`` (the longest single
     step of a 10,000-flag load measured under 2 ms).
 
-    The cyclic garbage collector is paused meanwhile: building a ruleset makes hundreds of
-    thousands of objects, which would set off full collections of the whole heap, each a
-    pause of a hundred milliseconds or more. A ruleset holds no reference cycles (a test
-    checks it), so afterwards it is frozen: collections never walk it, and when it is
-    replaced, reference counting frees it.
+    The cyclic garbage collector's own runs are paused meanwhile: building a ruleset makes
+    hundreds of thousands of objects, which would set off full collections of the whole heap,
+    each a pause of a hundred milliseconds or more. Instead each slice's objects are swept
+    and frozen as they are built (``service.heap``), the garbage left before the load first.
     """
+    heap.sweep()
     collecting = gc.isenabled()
     gc.disable()
     try:
-        ruleset = await run_cooperatively(rules.load_steps(data))
+        steps = rules.load_steps(data, max_flags=max_flags)
+        return await run_cooperatively(steps, between_slices=heap.keep_built)
     finally:
         if collecting:
             gc.enable()
-    gc.freeze()
-    return ruleset
 
 
 async def release_cooperatively(holder: list[rules.Ruleset]) -> bool:
@@ -177,19 +179,25 @@ async def release_cooperatively(holder: list[rules.Ruleset]) -> bool:
     if sys.getrefcount(ruleset) > 2:  # this name, and getrefcount's own argument
         return False
     await run_cooperatively(ruleset.release_steps())
+    heap.give_back()
     return True
 
 
-async def run_cooperatively(steps: rules.steps.Steps[T]) -> T:
-    """Run ``steps`` to the end, handing the loop back every ``SLICE_SECONDS``."""
+async def run_cooperatively(
+    steps: rules.steps.Steps[T], between_slices: Callable[[], None] = lambda: None
+) -> T:
+    """Run ``steps`` to the end, handing the loop back every ``SLICE_SECONDS``; call
+    ``between_slices`` at the end of each slice, the last one too."""
     deadline = perf_counter() + SLICE_SECONDS
     while True:
         try:
             next(steps)
         except StopIteration as done:
+            between_slices()
             result: T = done.value
             return result
         if perf_counter() >= deadline:
+            between_slices()
             await give_way()
             deadline = perf_counter() + SLICE_SECONDS
 

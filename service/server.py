@@ -1,42 +1,134 @@
-"""Running the service: logging, the app, and a graceful stop on SIGTERM or SIGINT."""
+"""Running the service: logging, the app, the listening socket, and a graceful stop on SIGTERM
+or SIGINT.
+
+flagpost runs the application with ``web.AppRunner`` and listens itself, rather than through
+``web.run_app``, for two reasons. Each connection is handled by ``ConnectionHandler``, which
+answers a request aiohttp cannot even parse (a bad header byte, a broken Content-Length) with
+flagpost's JSON error shape instead of aiohttp's plain text that echoes the offending bytes.
+And only a failure to listen is reported as one: an error while stopping is told as itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from service.app import create_app
+from service.errors import ApiError, error_response
 from service.logs import configure_logging, get_logger
 from service.settings import Settings
 
-__all__ = ["SHUTDOWN_TIMEOUT", "new_event_loop", "run"]
+__all__ = ["SHUTDOWN_TIMEOUT", "ConnectionHandler", "ListenError", "new_event_loop", "run"]
 
 #: Seconds open requests (and change streams) get to finish when flagpost is stopped.
 SHUTDOWN_TIMEOUT = 10.0
+#: Seconds an idle keep-alive connection is kept open (aiohttp's ``run_app`` default).
+KEEPALIVE_TIMEOUT = 75.0
 log = get_logger(__name__)
 
 
+class ListenError(OSError):
+    """The address could not be listened on."""
+
+
+class ConnectionHandler(web.RequestHandler):
+    """aiohttp's handler of one connection, with flagpost's answer to what it cannot parse.
+
+    ``handle_error`` is aiohttp's own hook for those requests (``tests/service/
+    test_hostile_http.py`` holds it to the JSON shape through a real process)."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            log.error("request_crashed", exc_info=exc)
+            error = ApiError(500, "INTERNAL", "an internal error occurred")
+        else:  # the client's doing: one quiet line, and nothing of what it sent is echoed
+            log.info("request_malformed", status=status, error=type(exc).__name__)
+            error = ApiError(status, "MALFORMED_HTTP", "the request is not well-formed HTTP/1.1")
+        if request.writer.output_size > 0:  # a response is under way: the connection is lost
+            raise ConnectionError("a response was already being sent")
+        response = error_response(error)
+        response.force_close()
+        return response
+
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:
+        # aiohttp reports a body it could not decode (a bogus Content-Encoding) again when it
+        # discards the rest after the answer: that is the client's doing, not flagpost's.
+        error = kwargs.get("exc_info")
+        if isinstance(error, web.RequestPayloadError | HttpProcessingError):
+            log.info("request_body_unreadable", error=type(error).__name__)
+            return
+        super().log_exception(*args, **kwargs)
+
+
 def run(settings: Settings) -> None:
-    """Serve until stopped; raises OSError if the address cannot be listened on."""
+    """Serve until SIGTERM or SIGINT; raises ``ListenError`` if the address cannot be used."""
     configure_logging(settings.log_format, settings.log_level)
-    log.info("flagpost_starting", settings=repr(settings))
-    web.run_app(
+    log.info("flagpost_starting", settings=settings.public())
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(settings.event_loop)) as runner:
+        runner.run(serve(settings))
+    log.info("flagpost_stopped")
+
+
+async def serve(settings: Settings) -> None:
+    """Start the app, listen, and on a stop signal stop listening, finish open requests
+    (``SHUTDOWN_TIMEOUT``), then stop the app's resources (events drained last)."""
+    access_log = logging.getLogger("flagpost.access") if settings.access_log else None
+    runner = web.AppRunner(
         create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=logging.getLogger("flagpost.access") if settings.access_log else None,
-        print=lambda message: log.info(
+        access_log=access_log,
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+    )
+    await runner.setup()
+    try:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopping.set)
+        listener = await listen(runner, settings.host, settings.port, access_log=access_log)
+        log.info(
             "flagpost_listening",
             host=settings.host,
             port=settings.port,
             event_loop=settings.event_loop,
-        ),
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-        loop=new_event_loop(settings.event_loop),
-    )
-    log.info("flagpost_stopped")
+        )
+        await stopping.wait()
+        log.info("flagpost_stopping")
+        listener.close()
+    finally:
+        await runner.cleanup()
+
+
+async def listen(
+    runner: web.AppRunner, host: str, port: int, *, access_log: logging.Logger | None
+) -> asyncio.AbstractServer:
+    """Accept connections for ``runner``'s (set up) application, each handled by a
+    ``ConnectionHandler``; ``runner.cleanup()`` later closes them gracefully."""
+    manager = runner.server
+    assert manager is not None, "runner.setup() first"
+    loop = asyncio.get_running_loop()
+
+    # As web.run_app sets them up; aiohttp takes access_log=None for "off", as run_app does.
+    options: dict[str, Any] = {"access_log": access_log, "keepalive_timeout": KEEPALIVE_TIMEOUT}
+
+    def connection() -> ConnectionHandler:
+        return ConnectionHandler(manager, loop=loop, **options)
+
+    try:
+        return await loop.create_server(connection, host, port, reuse_address=True, backlog=128)
+    except OSError as error:
+        raise ListenError(error.errno, error.strerror) from None
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:

@@ -1,7 +1,9 @@
 """Settings: read from ``FLAGPOST_*`` environment variables, each overridable by a flag.
 
 Every setting is validated once, at start; a bad one stops flagpost with one line naming the
-variable and what it expects (``SettingsError``), before anything listens.
+variable and what it expects (``SettingsError``), before anything listens. Secrets are typed
+as ``Secret`` and URLs are shown through ``public_url``: ``Settings.public()`` is what may be
+logged, and nothing else of the settings is.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from urllib.parse import urlsplit
 
 import rules
 from service.events.sinks import parse_sink
+from service.redaction import MASK, Secret, public_url, secrets_in_url
 
 __all__ = ["DEFAULT_LOOP", "DEFAULT_RULES", "Settings", "SettingsError", "load_settings"]
 
@@ -34,8 +37,16 @@ def _text(raw: str) -> str:
     return raw
 
 
-def _secret(raw: str) -> str | None:
+def _optional(raw: str) -> str | None:
     return raw or None
+
+
+def _secret(raw: str) -> Secret | None:
+    if not raw:
+        return None
+    if len(raw) < 8:
+        raise ValueError("must be at least 8 characters long")
+    return Secret(raw)
 
 
 def _number(
@@ -68,11 +79,11 @@ def _flag(raw: str) -> bool:
     raise ValueError("must be true or false")
 
 
-def _keys(raw: str) -> tuple[str, ...]:
+def _keys(raw: str) -> tuple[Secret, ...]:
     keys = tuple(key.strip() for key in raw.split(",") if key.strip())
     if any(len(key) < 16 for key in keys):
         raise ValueError("each API key must be at least 16 characters long")
-    return keys
+    return tuple(map(Secret, keys))
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -92,6 +103,21 @@ def _event_loop(raw: str) -> str:
     return value
 
 
+def _is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+def _public_text(raw: str) -> str:
+    """A setting's raw text as it may be shown: each URL in it (comma-separated) public."""
+    parts = raw.split(",")
+    return ",".join(public_url(part.strip()) if _is_url(part.strip()) else part for part in parts)
+
+
+def _url_secrets(raw: str) -> list[str]:
+    """The credentials and tokens of every URL in a setting's raw text (comma-separated)."""
+    return [secret for part in raw.split(",") for secret in secrets_in_url(part.strip())]
+
+
 def _rules_source(raw: str) -> str:
     scheme = urlsplit(raw).scheme
     if scheme in ("http", "https"):
@@ -109,26 +135,32 @@ def _sinks(raw: str) -> tuple[str, ...]:
         return ()
     for spec in specs:
         parse_sink(spec, file_max_bytes=1024, timeout=1.0, authorization=None, source_id="")
-    if len(set(specs)) != len(specs):
+    if len({public_url(spec) for spec in specs}) != len(specs):
         raise ValueError("names the same sink twice")
     return specs
 
 
-def _setting(env: str, parse: Callable[[str], Any], default: Any, help: str) -> Any:
-    secret = any(word in env for word in ("KEY", "SECRET", "AUTH"))
+def _setting(
+    env: str, parse: Callable[[str], Any], default: Any, help: str, *, secret: bool = False
+) -> Any:
+    """A setting; ``secret``: its raw text is never shown, not even when it is refused."""
     metadata = {"env": env, "parse": parse, "help": help, "secret": secret}
-    return field(default=default, repr=not secret, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Settings:
     """Everything flagpost can be told, with its defaults."""
 
     rules: str = _setting(
         "FLAGPOST_RULES", _rules_source, DEFAULT_RULES, "rules file path or http(s) URL"
     )
-    rules_auth: str | None = _setting(
-        "FLAGPOST_RULES_AUTH", _secret, None, "Authorization header value for an http(s) source"
+    rules_auth: Secret | None = _setting(
+        "FLAGPOST_RULES_AUTH",
+        _secret,
+        None,
+        "Authorization header value for an http(s) source",
+        secret=True,
     )
     rules_timeout: float = _setting(
         "FLAGPOST_RULES_TIMEOUT", _positive, 10.0, "seconds allowed for fetching the rules"
@@ -136,19 +168,36 @@ class Settings:
     host: str = _setting("FLAGPOST_HOST", _text, "127.0.0.1", "address to listen on")
     port: int = _setting("FLAGPOST_PORT", _port, 8080, "port to listen on")
     environment: str | None = _setting(
-        "FLAGPOST_ENVIRONMENT", _secret, None, "default environment (the rules' first if unset)"
+        "FLAGPOST_ENVIRONMENT", _optional, None, "default environment (the rules' first if unset)"
+    )
+    max_rules_bytes: int = _setting(
+        "FLAGPOST_MAX_RULES_BYTES",
+        _size,
+        16 * 1024**2,
+        "largest rules document loaded, in bytes (a larger one is refused, the last kept)",
+    )
+    max_flags: int = _setting(
+        "FLAGPOST_MAX_FLAGS",
+        _count,
+        20_000,
+        "most flags in a rules document (more are refused, the last rules kept)",
     )
     refresh_interval: float = _setting(
         "FLAGPOST_REFRESH_INTERVAL", _positive, 60.0, "seconds between rules refreshes"
     )
-    webhook_secret: str | None = _setting(
+    webhook_secret: Secret | None = _setting(
         "FLAGPOST_WEBHOOK_SECRET",
         _secret,
         None,
-        "HMAC secret of the refresh webhook (off if unset)",
+        "HMAC secret of the refresh webhook, 8 characters or more (off if unset)",
+        secret=True,
     )
-    api_keys: tuple[str, ...] = _setting(
-        "FLAGPOST_API_KEYS", _keys, (), "comma-separated API keys (no auth if unset)"
+    api_keys: tuple[Secret, ...] = _setting(
+        "FLAGPOST_API_KEYS",
+        _keys,
+        (),
+        "comma-separated API keys, 16 characters or more (no auth if unset)",
+        secret=True,
     )
     log_format: str = _setting(
         "FLAGPOST_LOG_FORMAT", _choice("json", "console"), "json", "json or console"
@@ -171,6 +220,12 @@ class Settings:
     max_body: int = _setting(
         "FLAGPOST_MAX_BODY", _size, 64 * 1024, "largest request body accepted, in bytes"
     )
+    body_timeout: float = _setting(
+        "FLAGPOST_BODY_TIMEOUT",
+        _positive,
+        10.0,
+        "seconds a client has to send a request's body (408 after that)",
+    )
     max_attributes: int = _setting(
         "FLAGPOST_MAX_ATTRIBUTES", _count, 200, "most context attributes (all levels) per request"
     )
@@ -183,8 +238,12 @@ class Settings:
         ("file:.flagpost/events",),
         "comma-separated event sinks: file:<dir>, http(s)://...[?format=native|tracker|odp], off",
     )
-    events_auth: str | None = _setting(
-        "FLAGPOST_EVENTS_AUTH", _secret, None, "Authorization header value for http(s) sinks"
+    events_auth: Secret | None = _setting(
+        "FLAGPOST_EVENTS_AUTH",
+        _secret,
+        None,
+        "Authorization header value for http(s) sinks",
+        secret=True,
     )
     tracker_source: str = _setting(
         "FLAGPOST_TRACKER_SOURCE", _text, "flagpost", "source.id of tracker-format payloads"
@@ -220,6 +279,35 @@ class Settings:
         "FLAGPOST_DRAIN_TIMEOUT", _positive, 10.0, "seconds to deliver queued events on stop"
     )
 
+    def __repr__(self) -> str:
+        return f"Settings({self.public()})"
+
+    def public(self) -> dict[str, Any]:
+        """Every setting as it may be shown: secrets masked, URLs without their credentials."""
+        shown: dict[str, Any] = {}
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if spec.metadata["secret"]:
+                value = None if value in (None, ()) else MASK
+            elif spec.name == "rules":
+                value = public_url(value) if _is_url(value) else value
+            elif spec.name == "events":
+                value = [public_url(sink) if _is_url(sink) else sink for sink in value]
+            shown[spec.name] = value
+        return shown
+
+    def secrets(self) -> list[str]:
+        """Every secret these settings hold, URL credentials and tokens included."""
+        found: list[str] = []
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            for item in value if isinstance(value, tuple) else (value,):
+                if isinstance(item, Secret):
+                    found.append(item.reveal())
+                elif isinstance(item, str):
+                    found += _url_secrets(item)
+        return found
+
     @classmethod
     def describe(cls) -> list[tuple[str, str, str, str]]:
         """(attribute, variable, default, help) of every setting, for --help and the README."""
@@ -248,8 +336,6 @@ def load_settings(
             values[spec.name] = spec.metadata["parse"](raw)
         except ValueError as error:
             why = str(error)
-            shown = (
-                "***" if "KEY" in variable or "SECRET" in variable or "AUTH" in variable else raw
-            )
+            shown = MASK if spec.metadata["secret"] else _public_text(raw)
             raise SettingsError(f"{origin}={shown!r} {why}") from None
     return Settings(**values)

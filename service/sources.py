@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Protocol
 
 import aiohttp
-from yarl import URL
+
+from service.redaction import public_url
 
 __all__ = ["FileSource", "HttpSource", "RulesSource", "SourceError", "open_source"]
-
-#: The largest rules document accepted from a source.
-MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 
 
 class SourceError(Exception):
@@ -43,8 +41,9 @@ class FileSource:
 
     poll_interval: float | None = 1.0  # a stat costs microseconds: check often
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, max_bytes: int) -> None:
         self.path = Path(path)
+        self.max_bytes = max_bytes
         self.description = str(self.path)
         self._seen: tuple[int, int, int] | None = None
 
@@ -56,8 +55,8 @@ class FileSource:
         stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
         if stamp == self._seen:
             return None
-        if info.st_size > MAX_DOCUMENT_BYTES:
-            raise SourceError(f"{self.path} is larger than {MAX_DOCUMENT_BYTES} bytes")
+        if info.st_size > self.max_bytes:
+            raise SourceError(_too_large(self.description, info.st_size, self.max_bytes))
         try:
             data = await asyncio.to_thread(self.path.read_bytes)
         except OSError as error:
@@ -74,9 +73,12 @@ class HttpSource:
 
     poll_interval: float | None = None
 
-    def __init__(self, url: str, *, timeout: float, authorization: str | None = None) -> None:
+    def __init__(
+        self, url: str, *, timeout: float, max_bytes: int, authorization: str | None = None
+    ) -> None:
         self.url = url
-        self.description = str(URL(url).with_user(None))  # never show credentials
+        self.max_bytes = max_bytes
+        self.description = public_url(url)  # never shows credentials or tokens
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._authorization = authorization
         self._session: aiohttp.ClientSession | None = None
@@ -108,16 +110,16 @@ class HttpSource:
         except aiohttp.ClientError as error:
             raise SourceError(f"cannot fetch {self.description}: {error}") from None
 
-    @staticmethod
-    async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
-        if (response.content_length or 0) > MAX_DOCUMENT_BYTES:
-            raise SourceError(f"the document is larger than {MAX_DOCUMENT_BYTES} bytes")
+    async def _read_limited(self, response: aiohttp.ClientResponse) -> bytes:
+        if (response.content_length or 0) > self.max_bytes:
+            assert response.content_length is not None
+            raise SourceError(_too_large(self.description, response.content_length, self.max_bytes))
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_chunked(1 << 16):
             size += len(chunk)
-            if size > MAX_DOCUMENT_BYTES:
-                raise SourceError(f"the document is larger than {MAX_DOCUMENT_BYTES} bytes")
+            if size > self.max_bytes:
+                raise SourceError(_too_large(self.description, size, self.max_bytes, "over "))
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -127,8 +129,19 @@ class HttpSource:
             self._session = None
 
 
-def open_source(location: str, *, timeout: float, authorization: str | None) -> RulesSource:
+def open_source(
+    location: str, *, timeout: float, max_bytes: int, authorization: str | None
+) -> RulesSource:
     """The source for a setting's value: an http(s) URL or a file path."""
     if location.startswith(("http://", "https://")):
-        return HttpSource(location, timeout=timeout, authorization=authorization)
-    return FileSource(location)
+        return HttpSource(
+            location, timeout=timeout, max_bytes=max_bytes, authorization=authorization
+        )
+    return FileSource(location, max_bytes=max_bytes)
+
+
+def _too_large(description: str, size: int, limit: int, over: str = "") -> str:
+    return (
+        f"{description} is {over}{size} bytes, larger than FLAGPOST_MAX_RULES_BYTES "
+        f"({limit}): refused, the last good rules stay"
+    )

@@ -24,6 +24,7 @@ import aiohttp
 import orjson
 
 from service.events.records import Batch
+from service.redaction import public_url
 
 __all__ = ["DeliveryError", "FileSink", "HttpSink", "Rejected", "Sink", "parse_sink"]
 
@@ -136,7 +137,9 @@ class HttpSink:
         self.url = url
         self.format = format
         self.kinds = FORMATS[format]
-        self.name = f"{_public(url)}?format={format}"
+        # Named as before query values were shown masked: a spool directory is named after
+        # its sink, and batches spooled by an earlier version must still be found.
+        self.name = f"{public_url(url).partition('?')[0]}?format={format}"
         self.timeout = timeout
         self.source_id = source_id
         self._headers = {"Content-Type": "application/json"}
@@ -238,15 +241,6 @@ def _retry_after(header: str | None) -> float | None:
         return None
 
 
-def _public(url: str) -> str:
-    """The URL without credentials, for names in metrics and logs."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 def parse_sink(
     spec: str,
     *,
@@ -263,12 +257,14 @@ def parse_sink(
         return FileSink(Path(directory), file_max_bytes)
     parts = urlsplit(spec)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{spec!r} is neither file:<dir> nor an http(s) URL")
+        raise ValueError(f"{public_url(spec)!r} is neither file:<dir> nor an http(s) URL")
     query = parse_qsl(parts.query, keep_blank_values=True)
     formats = [value for name, value in query if name == "format"]
     format = formats[-1] if formats else "native"
     if format not in FORMATS:
-        raise ValueError(f"{spec!r} asks for format {format!r}; use native, tracker or odp")
+        raise ValueError(
+            f"{public_url(spec)!r} asks for format {format!r}; use native, tracker or odp"
+        )
     rest = urlencode([(name, value) for name, value in query if name != "format"])
     url = urlunsplit((parts.scheme, parts.netloc, parts.path or "/", rest, ""))
     return HttpSink(url, format, timeout, authorization, source_id)

@@ -13,6 +13,7 @@ import rules
 from service.app import create_app
 from service.keys import STORE
 from service.ops import OPENAPI_PATH
+from service.redaction import Secret
 from service.store import DROPPED, SUBSCRIBER_BACKLOG, RulesStore
 from tests.service.conftest import DEMO, SPEC, Api, AppFactory, settings_for
 
@@ -82,7 +83,7 @@ def test_openapi_documents_every_route() -> None:
 )
 async def test_api_keys_guard_the_api(start: AppFactory, headers: dict[str, str]) -> None:
     """With keys set, /v1 and /ofrep need one; probes and the webhook do not."""
-    async with start(api_keys=(KEY, "other-key-0123456789")) as api:
+    async with start(api_keys=(Secret(KEY), Secret("other-key-0123456789"))) as api:
         body = {"visitor_code": "v"}
         denied = await api.post("/v1/decide", json=body)
         wrong = await api.post("/v1/decide", json=body, headers={"X-API-Key": "w" * 24})

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import hmac
 import json
+import weakref
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import rules
 from bench.generate import generate
+from service.redaction import Secret
 from service.refresher import release_cooperatively
 from tests.service.conftest import DEMO, Api, AppFactory
 from tests.service.rules_server import eventually, serve_rules
@@ -70,6 +75,33 @@ async def test_invalid_document_never_replaces_the_served_one(start: AppFactory)
         assert 200 == (await api.get("/readyz")).status
 
 
+@pytest.mark.parametrize(
+    ("limits", "shown"),
+    [
+        ({"max_rules_bytes": 8192}, "larger than FLAGPOST_MAX_RULES_BYTES (8192)"),
+        ({"max_flags": 10}, "flags: holds 40 flags; the limit is 10"),
+    ],
+)
+async def test_documents_over_the_limits_are_refused(
+    start: AppFactory, limits: dict[str, int], shown: str
+) -> None:
+    """A document over the size or flag limit is refused with the limit named; the old stays."""
+    async with (
+        serve_rules() as source,
+        start(rules=source.url, refresh_interval=0.2, **limits) as api,
+    ):
+        first = await revision(api)
+        assert first is not None
+        source.document = json.dumps(generate(40)).encode()
+
+        async def refused() -> bool:
+            error = (await api.get("/v1/config")).body["last_error"]
+            return error is not None and shown in error["message"]
+
+        await eventually(refused)
+        assert first == await revision(api)
+
+
 async def test_unchanged_documents_are_not_downloaded_again(start: AppFactory) -> None:
     """The source is asked with If-None-Match and its 304 costs no download."""
     async with serve_rules() as source, start(rules=source.url, refresh_interval=0.1) as api:
@@ -87,7 +119,10 @@ async def test_source_authorization_and_timeout(start: AppFactory) -> None:
     async with (
         serve_rules() as source,
         start(
-            rules=source.url, rules_auth="Bearer s3cret", refresh_interval=0.2, rules_timeout=0.3
+            rules=source.url,
+            rules_auth=Secret("Bearer s3cret"),
+            refresh_interval=0.2,
+            rules_timeout=0.3,
         ) as api,
     ):
         assert "Bearer s3cret" == source.authorizations[0]
@@ -149,7 +184,7 @@ def sign(body: bytes, secret: str = SECRET) -> dict[str, str]:
 async def test_webhook_signature(start: AppFactory) -> None:
     """Only a correct HMAC signature of the raw body is accepted."""
     body = b'{"event": "rules.updated"}'
-    async with start(webhook_secret=SECRET) as api:
+    async with start(webhook_secret=Secret(SECRET)) as api:
         good = await api.post("/v1/webhooks/refresh", data=body, headers=sign(body))
         forged = await api.post("/v1/webhooks/refresh", data=body, headers=sign(body, "guess"))
         altered = await api.post("/v1/webhooks/refresh", data=body + b" ", headers=sign(body))
@@ -169,7 +204,7 @@ async def test_webhook_burst_causes_one_fetch(start: AppFactory) -> None:
     """Twenty webhooks at once lead to one download of the new rules."""
     async with (
         serve_rules() as source,
-        start(rules=source.url, webhook_secret=SECRET, refresh_interval=3600) as api,
+        start(rules=source.url, webhook_secret=Secret(SECRET), refresh_interval=3600) as api,
     ):
         source.set_revision("pushed")
         body = b"{}"
@@ -217,7 +252,7 @@ async def test_backoff_doubles_from_one_second_up_to_the_interval(tmp_path: Path
     from service.sources import FileSource
     from service.store import DiskCache, RulesStore
 
-    source = FileSource(str(tmp_path / "missing.json"))
+    source = FileSource(str(tmp_path / "missing.json"), max_bytes=1 << 20)
     refresher = Refresher(source, RulesStore("x"), DiskCache(str(tmp_path)), interval=10.0)
     delays = []
     for _ in range(6):
@@ -243,3 +278,51 @@ async def test_a_replaced_ruleset_is_released_only_when_nothing_holds_it() -> No
     assert ([], []) == (replaced, holder)
     assert {} == dict(constants)
     assert "new_checkout" == held.decide("new_checkout", "v-1").flag
+
+
+class _Node:
+    """Something to build a reference cycle of."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+async def test_a_rules_load_leaves_no_garbage_frozen(tmp_path: Path) -> None:
+    """Cycles that were garbage before a load, or became garbage during it, are still
+    collectable after it (a load freezes only what it built and what is alive)."""
+    from service.refresher import load_cooperatively
+
+    before = _Node()
+    garbage = [weakref.ref(before)]
+    del before
+    made_during: list[weakref.ref[_Node]] = []
+
+    async def make_garbage_meanwhile() -> None:
+        while True:
+            node = _Node()
+            made_during.append(weakref.ref(node))
+            del node
+            await asyncio.sleep(0)
+
+    litter = asyncio.create_task(make_garbage_meanwhile())
+    try:
+        ruleset = await load_cooperatively(json.dumps(generate(2000)).encode())
+    finally:
+        litter.cancel()
+    assert made_during, "the load gave way to the other task"
+    gc.collect()
+    assert [] == [ref for ref in garbage + made_during if ref() is not None]
+    assert 2000 == len(ruleset.flag_keys)
+
+
+async def test_a_replaced_ruleset_leaves_nothing_frozen_behind() -> None:
+    """Once a loaded ruleset is released, the frozen objects are back to what they were."""
+    from service.refresher import load_cooperatively
+
+    gc.collect()
+    frozen = gc.get_freeze_count()
+    holder = [await load_cooperatively(json.dumps(generate(2000)).encode())]
+    assert gc.get_freeze_count() > frozen + 10_000
+    assert await release_cooperatively(holder)
+    # what is left is what was alive at a slice's end: the loop's and caches' few objects
+    assert gc.get_freeze_count() - frozen < 1_000

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import DEFAULT_RULES, Settings, SettingsError, load_settings
+from service import redaction
+from service.settings import DEFAULT_RULES, SettingsError, load_settings
 from tests.service.conftest import DEMO
 from tests.service.process import free_port, running_service, service_env, wait_ready
 
@@ -37,7 +38,10 @@ def test_flags_override_environment() -> None:
         {"FLAGPOST_PORT": "9000", "FLAGPOST_API_KEYS": "a" * 16 + ", " + "b" * 16},
         {"port": "9001", "host": None},
     )
-    assert (9001, ("a" * 16, "b" * 16)) == (settings.port, settings.api_keys)
+    assert (9001, ("a" * 16, "b" * 16)) == (
+        settings.port,
+        tuple(key.reveal() for key in settings.api_keys),
+    )
 
 
 @pytest.mark.parametrize(
@@ -50,7 +54,12 @@ def test_flags_override_environment() -> None:
      ({"FLAGPOST_MAX_BODY": "10"}, "at least 1024"),
      ({"FLAGPOST_ACCESS_LOG": "sometimes"}, "must be true or false"),
      ({"FLAGPOST_EVENT_LOOP": "trio"}, "FLAGPOST_EVENT_LOOP='trio' must be one of uvloop, asyncio"),
-     ({"FLAGPOST_API_KEYS": "short"}, "FLAGPOST_API_KEYS='***' each API key must be at least 16")],
+     ({"FLAGPOST_API_KEYS": "short"}, "FLAGPOST_API_KEYS='***' each API key must be at least 16"),
+     ({"FLAGPOST_WEBHOOK_SECRET": "hush"}, "FLAGPOST_WEBHOOK_SECRET='***' must be at least 8"),
+     ({"FLAGPOST_EVENTS": "https://ann:pa55word@c.example/in?token=t0ken&format=xml"},
+      "FLAGPOST_EVENTS='https://c.example/in?token=***&format=xml' 'https://c.example/in?token=***&format=xml' asks for format 'xml'"),
+     ({"FLAGPOST_MAX_FLAGS": "0"}, "FLAGPOST_MAX_FLAGS='0' must be a whole number of at least 1"),
+     ({"FLAGPOST_BODY_TIMEOUT": "-1"}, "must be a positive number")],
 )  # fmt: skip
 def test_invalid_settings_name_the_variable(environ: dict[str, str], message: str) -> None:
     """Each invalid setting is refused with its name and what it expects, secrets masked."""
@@ -58,12 +67,32 @@ def test_invalid_settings_name_the_variable(environ: dict[str, str], message: st
         load_settings(environ)
 
 
-def test_secrets_stay_out_of_the_settings_repr() -> None:
-    """Settings can be logged without leaking keys or secrets."""
-    text = repr(Settings(api_keys=("k" * 20,), webhook_secret="hush-hush", rules_auth="Bearer t"))
-    assert "k" * 20 not in text
-    assert "hush-hush" not in text
-    assert "Bearer t" not in text
+SECRET_ENVIRON = {
+    "FLAGPOST_API_KEYS": "k" * 20,
+    "FLAGPOST_WEBHOOK_SECRET": "hush-hush",
+    "FLAGPOST_RULES_AUTH": "Bearer rules-t0ken",
+    "FLAGPOST_EVENTS_AUTH": "Bearer events-t0ken",
+    "FLAGPOST_RULES": "https://ann:pa55word@rules.example/flags.json?sig=s1gnature",
+    "FLAGPOST_EVENTS": "file:ev,https://bob:s3cr3tpw@c.example/in?api_key=c011ector&format=odp",
+}
+HIDDEN = ("k" * 20, "hush-hush", "rules-t0ken", "events-t0ken", "pa55word", "s1gnature",
+          "s3cr3tpw", "c011ector")  # fmt: skip
+
+
+def test_secrets_stay_out_of_the_settings_repr_and_public_view() -> None:
+    """Neither repr(settings) nor settings.public() shows a secret, a URL password or a token."""
+    settings = load_settings(SECRET_ENVIRON)
+    for shown in (repr(settings), repr(settings.public())):
+        assert [] == [secret for secret in HIDDEN if secret in shown]
+    assert "https://rules.example/flags.json?sig=***" == settings.public()["rules"]
+    assert ["file:ev", "https://c.example/in?api_key=***&format=odp"] == settings.public()["events"]
+
+
+def test_redaction_masks_every_secret_the_settings_hold() -> None:
+    """Once settings.secrets() are registered, redact() masks each secret, token and password."""
+    redaction.register(load_settings(SECRET_ENVIRON).secrets())
+    text = redaction.redact(" ".join(HIDDEN))
+    assert [] == [secret for secret in HIDDEN if secret in text]
 
 
 def _serve(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

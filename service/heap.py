@@ -1,0 +1,59 @@
+"""The heap of a server whose largest resident, the ruleset, is built and replaced while it
+serves.
+
+A 10,000-flag ruleset is about 240,000 objects the cyclic collector would walk in every full
+collection: 230 ms on the benchmark machine, an eternity for a decision. So they are frozen
+(``gc.freeze``): collections skip them, and reference counting still frees them when the
+ruleset is replaced (it holds no cycles; a test checks). But freezing moves *every* object
+the collector tracks at that moment, garbage included, and frozen garbage is never collected.
+So a load first collects what is not frozen (a few milliseconds: everything large is frozen
+already), and as it builds, each slice's new objects are swept of garbage before they are
+frozen (``keep_built``: under 0.2 ms a slice).
+
+When a large ruleset is replaced, its memory goes back to the free lists and arenas, from
+which the operating system gets nothing back until they are emptied and trimmed
+(``give_back``): measured with 20,000 flags replaced by 7, RSS 99 MB without, 55 MB with.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+from collections.abc import Callable
+
+__all__ = ["give_back", "keep_built", "sweep"]
+
+
+def sweep() -> int:
+    """Collect the garbage among the objects that are not frozen; how many were freed."""
+    return gc.collect()
+
+
+def keep_built() -> None:
+    """Free the garbage among the objects made since the last call, then freeze the rest:
+    they are (part of) a ruleset, kept until it is replaced."""
+    gc.collect(0)
+    gc.freeze()
+
+
+def give_back() -> None:
+    """Hand memory freed by a replaced ruleset back to the operating system: a full
+    collection empties the interpreter's free lists (it walks only what is not frozen), and
+    glibc's ``malloc_trim`` releases the heap's free pages (elsewhere, nothing more)."""
+    gc.collect()
+    _trim()
+
+
+def _malloc_trim() -> Callable[[], None]:
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc: musl, macOS, Windows
+        trim = None
+    if trim is None:
+        return lambda: None
+    return lambda: trim(0) and None
+
+
+_trim = _malloc_trim()
