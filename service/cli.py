@@ -20,6 +20,8 @@ from typing import Any, NoReturn
 import orjson
 
 import rules
+from service.events.records import CLIENT_VERSION
+from service.events.spool import SpoolLocked
 from service.server import ListenError, run
 from service.settings import Settings, SettingsError, load_settings
 
@@ -37,6 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="flagpost", description="Feature-flag decisions from a rules file.")
+    parser.add_argument("--version", action="version", version=f"flagpost {CLIENT_VERSION}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = commands.add_parser("serve", help="run the decision service", description=_SERVE_HELP)
@@ -99,6 +102,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise _Failure(f"invalid setting: {error}", EXIT_USAGE) from None
     try:
         run(settings)
+    except SpoolLocked as error:
+        raise _Failure(str(error)) from None
     except ListenError as error:
         raise _Failure(
             f"cannot listen on {settings.host}:{settings.port}: {error.strerror}"

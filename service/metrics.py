@@ -4,6 +4,9 @@ Durations are in seconds, with buckets fine enough for sub-millisecond decisions
 counted per request (requests, latencies, decisions) is kept in plain integers, updated by
 the event loop's one thread and turned into metric families only when scraped: a decision
 must not pay for locks and label lookups, nor ``decide_all`` for one increment per flag.
+A scrape copies those counts on the loop (``Metrics.snapshot``) and renders the copy in a
+thread: rendering takes milliseconds, and a thread reading the live dicts could fail or mix
+two moments.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -38,12 +41,17 @@ LATENCY_BUCKETS = (
 class _DecisionCollector(Collector):
     def __init__(self, tally: Tally[str]) -> None:
         self._tally = tally
+        self._view: dict[str, int] = {}
+
+    def copy(self) -> None:
+        """Take the counts the next ``collect`` reports (on the loop)."""
+        self._view = dict(self._tally)
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
             "flagpost_decisions", "Decisions answered, by reason.", labels=["reason"]
         )
-        for reason, count in sorted(self._tally.items()):
+        for reason, count in sorted(self._view.items()):
             family.add_metric([reason], count)
         yield family
 
@@ -55,6 +63,12 @@ class RequestStats(Collector):
         self.answered: dict[tuple[str, str, int], int] = {}
         #: Per (route, method, status): a count per bucket (the last is +Inf), then the sum.
         self.durations: dict[tuple[str, str, int], list[float]] = {}
+        self._view: tuple[dict[tuple[str, str, int], int], dict[tuple[str, str, int], list[float]]]
+        self._view = ({}, {})
+
+    def copy(self) -> None:
+        """Take the counts the next ``collect`` reports (on the loop)."""
+        self._view = (dict(self.answered), {k: list(v) for k, v in self.durations.items()})
 
     def record(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
@@ -71,7 +85,8 @@ class RequestStats(Collector):
             "HTTP requests answered, by route, method and status.",
             labels=["route", "method", "status"],
         )
-        for (route, method, status), count in sorted(self.answered.items()):
+        answered_view, durations_view = self._view
+        for (route, method, status), count in sorted(answered_view.items()):
             answered.add_metric([route, method, str(status)], count)
         yield answered
         durations = HistogramMetricFamily(
@@ -80,7 +95,7 @@ class RequestStats(Collector):
             labels=["route", "method", "status"],
         )
         bounds = [str(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
-        for (route, method, status), histogram in sorted(self.durations.items()):
+        for (route, method, status), histogram in sorted(durations_view.items()):
             cumulative: list[tuple[str, float]] = []
             running = 0.0
             for bound, in_bucket in zip(bounds, histogram[:-1], strict=True):
@@ -104,7 +119,8 @@ class Metrics:
             registry=self.registry,
         )
         self.decision_tally: Tally[str] = Tally()
-        self.registry.register(_DecisionCollector(self.decision_tally))
+        self._decisions = _DecisionCollector(self.decision_tally)
+        self.registry.register(self._decisions)
         age = Gauge(
             "flagpost_rules_age_seconds",
             "Seconds since the served ruleset was loaded (-1 before any).",
@@ -120,5 +136,9 @@ class Metrics:
         # Counted in C; a comprehension reads the slots in half the time map(attrgetter) takes.
         self.decision_tally.update([decision.reason for decision in decisions])
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def snapshot(self) -> Callable[[], bytes]:
+        """Copy the loop's counts (call it on the loop); returns what renders the copy, fit
+        to run in a thread."""
+        self.requests.copy()
+        self._decisions.copy()
+        return lambda: generate_latest(self.registry)

@@ -112,7 +112,7 @@ class Refresher:
             self._fail(f"internal error: {type(error).__name__}")
         else:
             self._failures_in_a_row = 0
-            self.store.record_success()
+            self.store.record_success(changed=result == "updated")
         self._on_result(result)
         return result
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import rules
+from service.instants import iso
+from service.redaction import redact
 
 __all__ = ["DROPPED", "DiskCache", "RulesStore", "Snapshot"]
 
@@ -60,11 +62,13 @@ class RulesStore:
     def __init__(self, source_description: str) -> None:
         self.source = source_description
         self.current: Snapshot | None = None
-        self.last_error: str | None = None
-        self.last_error_at: float | None = None
+        #: The failure since the last success, if any, as (message, when).
+        self.last_error: tuple[str, float] | None = None
+        #: The failure a later success ended, if any: history, not the current state.
+        self.previous_error: tuple[str, float] | None = None
         self.last_refresh_at: float | None = None
-        self.successes = 0
-        self.failures = 0
+        #: Refresh attempts by result: a new ruleset loaded, nothing changed, failed.
+        self.refreshes = {"loaded": 0, "unchanged": 0, "failed": 0}
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
 
     def swap(self, ruleset: rules.Ruleset, origin: str) -> Snapshot:
@@ -86,14 +90,17 @@ class RulesStore:
             queue.get_nowait()
         queue.put_nowait(DROPPED)
 
-    def record_success(self) -> None:
-        self.successes += 1
+    def record_success(self, changed: bool) -> None:
+        """A refresh that worked: a new ruleset was loaded (``changed``), or none was needed."""
+        self.refreshes["loaded" if changed else "unchanged"] += 1
         self.last_refresh_at = time.time()
+        if self.last_error is not None:
+            self.previous_error, self.last_error = self.last_error, None
 
     def record_failure(self, message: str) -> None:
-        self.failures += 1
-        self.last_error = message
-        self.last_error_at = self.last_refresh_at = time.time()
+        self.refreshes["failed"] += 1
+        self.last_refresh_at = time.time()
+        self.last_error = (redact(message), self.last_refresh_at)
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(SUBSCRIBER_BACKLOG)
@@ -118,12 +125,9 @@ class RulesStore:
             "loaded_at": _iso(snapshot.loaded_at) if snapshot else None,
             "flag_count": len(snapshot.ruleset.flag_keys) if snapshot else 0,
             "last_refresh_at": _iso(self.last_refresh_at),
-            "last_error": (
-                {"message": self.last_error, "at": _iso(self.last_error_at)}
-                if self.last_error
-                else None
-            ),
-            "refreshes": {"succeeded": self.successes, "failed": self.failures},
+            "last_error": _error(self.last_error),
+            "previous_error": _error(self.previous_error),
+            "refreshes": dict(self.refreshes),
         }
 
 
@@ -158,8 +162,8 @@ class DiskCache:
 
 
 def _iso(moment: float | None) -> str | None:
-    if moment is None:
-        return None
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment)) + f".{int(moment % 1 * 1000):03d}Z"
-    )
+    return None if moment is None else iso(moment)
+
+
+def _error(error: tuple[str, float] | None) -> dict[str, str] | None:
+    return None if error is None else {"message": error[0], "at": iso(error[1])}

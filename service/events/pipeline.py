@@ -1,13 +1,15 @@
 """The events pipeline: the queue, the sessions, the flusher task and one worker per sink.
 
 The flusher wakes when a batch is full or ``flush_interval`` has passed, turns what is queued
-into records once, and hands the batch to every sink's worker. It builds a batch in slices
+into records once, and hands the batch to every sink's worker. It builds batches in slices
 (``service.sharing``), giving way to requests in between, so none waits behind a whole batch
 or a backlog (500 single-decision rows take 2 to 4 ms on the benchmark machine). A flush asked
-for meanwhile (``flush``: the flush endpoint, a full queue, stopping) first finishes the batch
-being built, so batches keep their order and nothing taken from the queue is left behind.
-Stopping drains: the queue is flushed, each worker gets ``drain_timeout`` seconds to deliver,
-the rest is spooled.
+for (the flush endpoint, a full queue) hands what is queued to the flusher, behind what it is
+building, so batches keep their order and no request builds a backlog. Only when more than
+``queue_size`` events wait to be built does a request that adds to them build a slice itself:
+requests then slow down to what the pipeline keeps up with, instead of memory growing.
+Stopping drains: everything is built, each worker gets ``drain_timeout`` seconds to deliver,
+the rest is spooled. The spool directory is locked for this process (``SpoolLock``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import hashlib
 import re
 import time
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from time import perf_counter
@@ -24,13 +27,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from rules.steps import Steps, finish
+from rules.steps import Steps
 from service.events.delivery import SinkWorker
 from service.events.queue import EventQueue, Recorder
-from service.events.records import Batch, Item, batch_steps, events_in
+from service.events.records import Batch, Item, batch_steps, events_in, in_batches
 from service.events.sessions import Sessions
 from service.events.sinks import Sink
-from service.events.spool import Spool
+from service.events.spool import Spool, SpoolLock
 from service.events.stats import EventStats
 from service.logs import get_logger
 from service.sharing import SLICE_SECONDS, give_way
@@ -66,49 +69,69 @@ class Pipeline:
                 Spool(spool_dir / _directory_name(sink.name), spool_max_bytes),
                 self.stats,
                 retry_timeout=retry_timeout,
+                memory_events=queue_size,
             )
             for sink in sinks
         ]
+        self.spool_lock = SpoolLock(spool_dir)
+        self.batch_size = batch_size
+        self.backlog_limit = queue_size
         self.flush_interval = flush_interval
         self.drain_timeout = drain_timeout
-        self.stats.watch_queue(lambda: len(self.queue))
+        self.stats.watch_queue(lambda: len(self.queue) + self._backlog_events)
         self._repeated_counted = 0
         self._task: asyncio.Task[None] | None = None
-        #: The batch the flusher is building in slices, if any.
+        #: Items taken from the queue and waiting to be built into batches, oldest first.
+        self._backlog: deque[list[Item]] = deque()
+        self._backlog_events = 0
+        #: The batch being built in slices, if any (the flusher's or an overloaded request's).
         self._building: Steps[Batch] | None = None
+        self._building_events = 0
 
     async def start(self) -> None:
+        """Lock the spool directory (``SpoolLocked`` if another process has it), open the
+        sinks, replay their spools, start the flusher."""
+        if self.workers:
+            await asyncio.to_thread(self.spool_lock.acquire)
         for worker in self.workers:
             await worker.start()
         self._task = asyncio.create_task(self._flush_forever(), name="flagpost-flusher")
 
     async def stop(self) -> None:
-        """Flush what is queued, give the sinks ``drain_timeout`` to take it, spool the rest."""
+        """Build what is queued, give the sinks ``drain_timeout`` to take it, spool the rest."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.flush()
+        while self._building is not None or self._backlog:
+            await self._build_slice()
+            await give_way()
         await asyncio.gather(*(worker.drain(self.drain_timeout) for worker in self.workers))
+        self.spool_lock.release()
 
     def accept(self, record: dict[str, Any]) -> None:
         """Queue a record built by a request handler (a conversion or an ODP event)."""
         self.queue.put(record)
 
     def flush(self) -> int:
-        """Hand everything queued to the sinks now (after the batch the flusher may be
-        building); returns how many queued events that was."""
+        """Have everything queued built and handed to the sinks now, behind what is already
+        being built; returns how many queued events that was."""
         items = self.queue.take()
         self.spill(items)
         return sum(map(events_in, items))
 
     def spill(self, items: list[Item]) -> None:
-        """Hand ``items`` to the workers now, after the batch the flusher may be building.
-        The queue calls this when it is full: the flusher is not keeping up, and a worker
-        whose outbox is long spools the batch (``SinkWorker.submit``)."""
-        self._finish_building()
+        """Hand ``items`` to the flusher, behind what it is building. The queue calls this
+        when it is full: when the backlog is then over its limit too, this request builds
+        one slice of it itself (about a millisecond), and so slows to the pipeline's pace."""
         if items:
-            self._submit(finish(self._steps(items)))
+            for batch in in_batches(items, self.batch_size):  # the size is a cap
+                self._backlog.append(batch)
+                self._backlog_events += sum(map(events_in, batch))
+            self.queue.wake.set()
+        if self._backlog_events > self.backlog_limit:
+            self._build_slice_now()
 
     def health(self) -> dict[str, Any]:
         return {
@@ -127,27 +150,38 @@ class Pipeline:
         for worker in self.workers:
             worker.submit(batch)
 
-    def _finish_building(self) -> None:
-        building, self._building = self._building, None
-        if building is not None:
-            self._submit(finish(building))
-
-    async def _flush_in_slices(self) -> None:
-        items = self.queue.take()
-        if not items:
-            return
-        self._building = steps = self._steps(items)
+    def _build_slice_now(self) -> None:
+        """Build for one slice (``SLICE_SECONDS``), submitting each batch that is done."""
         deadline = perf_counter() + SLICE_SECONDS
-        while self._building is steps:  # else a flush() finished and submitted it
+        while perf_counter() < deadline:
+            if self._building is None:
+                if not self._backlog:
+                    return
+                items = self._backlog.popleft()
+                self._building_events = sum(map(events_in, items))
+                self._backlog_events -= self._building_events
+                self._building = self._steps(items)
             try:
-                next(steps)
+                next(self._building)
             except StopIteration as done:
                 self._building = None
                 self._submit(done.value)
-                return
-            if perf_counter() >= deadline:
+
+    async def _build_slice(self) -> None:
+        try:
+            self._build_slice_now()
+        except Exception:  # a bug: the batch is lost, said and counted; the flusher goes on
+            self._building = None
+            log.exception("events_batch_failed", events=self._building_events)
+            self.stats.dropped.labels("unknown", "all").inc(self._building_events)
+
+    async def _flush_in_slices(self) -> None:
+        """Build everything queued and in the backlog, a slice at a time."""
+        self.spill(self.queue.take())
+        while self._building is not None or self._backlog:
+            await self._build_slice()
+            if self._building is not None or self._backlog:
                 await give_way()
-                deadline = perf_counter() + SLICE_SECONDS
 
     async def _flush_forever(self) -> None:
         wake = self.queue.wake
@@ -158,11 +192,14 @@ class Pipeline:
                 async with asyncio.timeout(self.flush_interval):
                     await wake.wait()
             wake.clear()
-            await self._flush_in_slices()
-            repeated = self.recorder.repeated
-            self.stats.repeated.inc(repeated - self._repeated_counted)
-            self._repeated_counted = repeated
-            self.sessions.sweep(time.time())
+            try:
+                await self._flush_in_slices()
+                repeated = self.recorder.repeated
+                self.stats.repeated.inc(repeated - self._repeated_counted)
+                self._repeated_counted = repeated
+                self.sessions.sweep(time.time())
+            except Exception:  # never the end of flushing: logged, and on the next turn
+                log.exception("events_flusher_failed")
 
 
 def _directory_name(sink: str) -> str:

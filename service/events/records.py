@@ -41,6 +41,7 @@ __all__ = [
     "batch_steps",
     "conversion_record",
     "events_in",
+    "in_batches",
     "new_uuids",
     "odp_record",
     "tag_map",
@@ -184,6 +185,31 @@ def tag_map(tags: Mapping[str, Any]) -> dict[str, str]:
 
 def _id(number: int | None, key: str | None) -> str | None:
     return str(number) if number is not None else key
+
+
+def in_batches(items: list[Item], size: int) -> list[list[Item]]:
+    """``items`` in order, cut into lists of at most ``size`` events; the exposures of one
+    request are cut where a list is full."""
+    batches: list[list[Item]] = []
+    current: list[Item] = []
+    room = size
+    for whole in items:
+        rest = whole
+        while True:
+            events = events_in(rest)
+            if events <= room:
+                current.append(rest)
+                room -= events
+                break
+            if room and not isinstance(rest, dict) and isinstance(rest[3], list):
+                decisions = rest[3]
+                current.append((*rest[:3], decisions[:room], *rest[4:]))
+                rest = (*rest[:3], decisions[room:], *rest[4:])
+            batches.append(current)
+            current, room = [], size
+    if current:
+        batches.append(current)
+    return batches
 
 
 def batch_of(items: list[Item], process_ms: int, session_prefix: str) -> Batch:

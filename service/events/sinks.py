@@ -11,13 +11,16 @@ per visitor session, as a tracker endpoint takes them) or ``odp`` (ODP events on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import partial
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
@@ -28,6 +31,7 @@ from service.redaction import public_url
 
 __all__ = ["DeliveryError", "FileSink", "HttpSink", "Rejected", "Sink", "parse_sink"]
 
+T = TypeVar("T")
 ALL_KINDS = frozenset({"decision", "conversion", "odp"})
 FORMATS = {
     "native": ALL_KINDS,
@@ -66,10 +70,11 @@ class FileSink:
     """JSON Lines under a directory, a new file whenever the current one passes ``max_bytes``.
 
     Each batch is written and flushed to the operating system before it counts as delivered,
-    so it survives the process dying; a file is fsynced when it is rotated or closed. Writes
-    happen on the event loop: a batch is a few hundred KiB into the page cache, cheaper than
-    handing it to a thread and waiting for the GIL back. Only the fsync of a rotated file,
-    which can take long, runs in a thread.
+    so it survives the process dying; a file is fsynced when it is rotated or closed. Every
+    touch of the disk (creating the directory, opening, writing, syncing) runs in the sink's
+    own thread, one at a time and in order: a slow or full disk never holds the event loop.
+    A failed write (a full disk, say) raises ``DeliveryError``, and the part of the batch
+    that did reach the file is cut off again, so a retry does not write a line twice.
     """
 
     kinds = ALL_KINDS
@@ -80,46 +85,65 @@ class FileSink:
         self.name = f"file:{directory}"
         self._file: IO[bytes] | None = None
         self._written = 0
-        self._closing: set[asyncio.Task[None]] = set()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="flagpost-file-sink")
 
     async def open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        await self._in_thread(self.directory.mkdir, parents=True, exist_ok=True)
 
     async def send(self, batch: Batch) -> None:
         data = batch.json_lines()
         try:
-            if self._file is None or self._written >= self.max_bytes:
-                self._rotate()
-            assert self._file is not None
-            self._file.write(data)
-            self._file.flush()
+            await self._in_thread(self._write, data)
         except OSError as error:
             raise DeliveryError(f"cannot write to {self.directory}: {error}") from None
+
+    def _write(self, data: bytes) -> None:
+        if self._file is None or self._written >= self.max_bytes:
+            self._rotate()
+        file = self._file
+        assert file is not None
+        start = file.tell()
+        try:  # unbuffered: what failed to be written is not left in a buffer to go later
+            view, written = memoryview(data), 0
+            while written < len(view):
+                written += file.write(view[written:]) or 0
+        except OSError:
+            with contextlib.suppress(OSError):  # no half batch left for the retry to repeat
+                file.truncate(start)
+                file.seek(start)
+            raise
         self._written += len(data)
 
     def _rotate(self) -> None:
-        if self._file is not None:
-            finished = asyncio.create_task(asyncio.to_thread(_sync_and_close, self._file))
-            self._closing.add(finished)
-            finished.add_done_callback(self._closing.discard)
-            self._file = None
+        finished, self._file = self._file, None
+        if finished is not None:
+            _sync_and_close(finished)
         self.directory.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         path = self.directory / f"events-{stamp}-{os.getpid()}.jsonl"
-        self._file = path.open("ab")
+        self._file = path.open("ab", buffering=0)
         self._written = 0
 
     async def close(self) -> None:
-        await asyncio.gather(*self._closing)
         if self._file is not None:
-            await asyncio.to_thread(_sync_and_close, self._file)
-            self._file = None
+            file, self._file = self._file, None
+            try:
+                await self._in_thread(_sync_and_close, file)
+            except OSError as error:
+                raise DeliveryError(f"cannot close {file.name}: {error}") from None
+        self._thread.shutdown(wait=False)
+
+    async def _in_thread(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, partial(function, *args, **kwargs))
 
 
 def _sync_and_close(file: IO[bytes]) -> None:
-    file.flush()
-    os.fsync(file.fileno())
-    file.close()
+    try:
+        file.flush()
+        os.fsync(file.fileno())
+    finally:
+        file.close()
 
 
 class HttpSink:

@@ -8,13 +8,20 @@ delivered batch's file is removed. A batch that does not fit under ``max_bytes``
 can be dropped, and it is never silent.
 
 Batches a collector rejected as malformed (a 4xx other than 408 and 429) are moved aside to
-``rejected/`` for a person to look at: replaying them would fail forever and block the rest.
+``rejected/`` for a person to look at: replaying them would fail forever and block the rest;
+so is a spool file that cannot be read back as records (``unreadable/``).
 
-The methods block on the disk; the delivery worker calls them in a thread.
+The methods block on the disk; the delivery worker calls them in a thread. Disk errors
+(a full disk, say) are raised as ``OSError``: the caller keeps the batch and tries again.
+
+``SpoolLock`` makes a spool directory one process's: a second flagpost started on the same
+directory would number its files over the first one's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import threading
 from pathlib import Path
@@ -23,7 +30,45 @@ import orjson
 
 from service.events.records import Batch
 
-__all__ = ["Spool"]
+__all__ = ["Spool", "SpoolLock", "SpoolLocked"]
+
+
+class SpoolLocked(Exception):
+    """Another process holds the spool directory."""
+
+
+class SpoolLock:
+    """An exclusive lock on a spool directory for as long as this process holds it open.
+
+    ``flock`` is released by the kernel when the process ends, however it ends, so a crash
+    never leaves a stale lock behind."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / ".lock"
+        self._descriptor: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise ``SpoolLocked`` naming who has it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(descriptor, 32).decode(errors="replace").strip() or "unknown"
+            os.close(descriptor)
+            raise SpoolLocked(
+                f"the spool directory {self.path.parent} is in use by another flagpost "
+                f"process (pid {holder}); give each process its own FLAGPOST_SPOOL_DIR"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode())
+        self._descriptor = descriptor
+
+    def release(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)  # closing releases the flock
+            self._descriptor = None
+
 
 _SUFFIX = ".jsonl"
 
@@ -52,9 +97,10 @@ class Spool:
     def __len__(self) -> int:
         return len(self._files)
 
-    def write(self, batch: Batch) -> bool:
-        """Append ``batch`` durably; False (and nothing written) if it would pass the cap."""
-        return self._append(batch, capped=True) is not None
+    def append(self, batch: Batch) -> Path | None:
+        """Write ``batch`` durably at the end; its file, or None (and nothing written) if it
+        would pass the cap. Raises ``OSError`` when the disk fails (nothing is left of it)."""
+        return self._append(batch, capped=True)
 
     def _append(self, batch: Batch, *, capped: bool) -> Path | None:
         if not self._opened:
@@ -65,40 +111,55 @@ class Spool:
                 return None
             number, self._next = self._next, self._next + 1
             path = self.directory / f"{number:020d}{_SUFFIX}"
-            self._files.append((path, len(data)))
-            self.bytes += len(data)
+            self.bytes += len(data)  # reserved: writes in two threads stay under the cap
         temporary = path.with_suffix(".tmp")
-        with temporary.open("wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        temporary.rename(path)
-        _sync_directory(self.directory)
+        try:
+            with temporary.open("wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            temporary.rename(path)
+            _sync_directory(self.directory)
+        except OSError:
+            with self._lock:
+                self.bytes -= len(data)
+            with contextlib.suppress(OSError):  # a full disk leaves no half batch behind
+                temporary.unlink(missing_ok=True)
+            raise
+        with self._lock:  # known only once it is whole on disk; numbers keep the order
+            self._files.append((path, len(data)))
+            self._files.sort()
         return path
 
-    def head(self) -> tuple[Path, Batch] | None:
-        """The oldest batch, without removing it."""
+    def head(self) -> tuple[Path, Batch | None] | None:
+        """The oldest batch, without removing it; ``(path, None)`` when its file holds no
+        records that can be read (the caller sets it aside with ``remove``)."""
         with self._lock:
             if not self._files:
                 return None
             path = self._files[0][0]
-        lines = [line for line in path.read_text().splitlines() if line]
-        return path, Batch(lines, [orjson.loads(line)["kind"] for line in lines])
+        data = path.read_bytes()
+        try:
+            lines = [line for line in data.decode().splitlines() if line]
+            return path, Batch(lines, [orjson.loads(line)["kind"] for line in lines])
+        except (UnicodeDecodeError, orjson.JSONDecodeError, KeyError, TypeError):
+            return path, None
 
-    def remove(self, path: Path, *, rejected: bool = False) -> None:
-        """Forget a delivered batch (or move a rejected one aside)."""
-        with self._lock:
+    def remove(self, path: Path, *, aside: str | None = None) -> None:
+        """Forget a delivered batch, or move it to the folder ``aside`` (``rejected``,
+        ``unreadable``) for a person to look at."""
+        if aside:
+            folder = self.directory / aside
+            folder.mkdir(exist_ok=True)
+            path.rename(folder / path.name)
+        else:
+            path.unlink(missing_ok=True)
+        with self._lock:  # forgotten only once the disk agrees
             for index, (known, size) in enumerate(self._files):
                 if known == path:
                     del self._files[index]
                     self.bytes -= size
                     break
-        if rejected:
-            aside = self.directory / "rejected"
-            aside.mkdir(exist_ok=True)
-            path.rename(aside / path.name)
-        else:
-            path.unlink(missing_ok=True)
 
     def reject(self, batch: Batch) -> None:
         """Keep a batch the collector refused (one never spooled), outside the replay order:
@@ -106,7 +167,7 @@ class Spool:
         person to look at, not replayed."""
         path = self._append(batch, capped=False)
         assert path is not None
-        self.remove(path, rejected=True)
+        self.remove(path, aside="rejected")
 
 
 def _sync_directory(directory: Path) -> None:

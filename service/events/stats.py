@@ -47,8 +47,13 @@ class EventStats:
         )
         self.dropped = counter(
             "flagpost_events_dropped",
-            "Events lost because the spool was full, by kind and sink.",
+            "Events lost: past the spool's cap, or held in memory while the disk failed.",
             "kind",
+            "sink",
+        )
+        self.io_errors = counter(
+            "flagpost_events_io_errors",
+            "Disk errors of a sink's spool (a full disk, say); what failed is tried again.",
             "sink",
         )
         self.repeated = counter(

@@ -23,6 +23,8 @@ class Collector:
     failures: int = 0
     fail_status: int = 500
     retry_after: str | None = None
+    #: While set, every request waits (up to a minute) before it is answered: a hanging collector.
+    hang: threading.Event = field(default_factory=threading.Event)
     accepted: list[Any] = field(default_factory=list)
     #: (monotonic time, status) of every request, in order.
     attempts: list[tuple[float, int]] = field(default_factory=list)
@@ -55,6 +57,9 @@ def running_collector() -> Iterator[Collector]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            deadline = time.monotonic() + 60
+            while state.hang.is_set() and time.monotonic() < deadline:
+                time.sleep(0.01)
             status, extra = state.answer(body, dict(self.headers))
             self.send_response(status)
             for name, value in extra.items():

@@ -107,3 +107,29 @@ def test_installed_console_script_runs() -> None:
     argv = [command] if command else [sys.executable, "-m", "service"]
     result = subprocess.run([*argv, "validate", DEMO], capture_output=True, text=True, check=False)
     assert (0, "") == (result.returncode, result.stderr)
+
+
+def test_version_names_the_installed_release(capsys: pytest.CaptureFixture[str]) -> None:
+    """flagpost --version prints the package's version and exits 0."""
+    from service.events.records import CLIENT_VERSION
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert (0, f"flagpost {CLIENT_VERSION}") == (exited.value.code, capsys.readouterr().out.strip())
+
+
+def test_a_second_process_on_one_spool_refuses_with_one_line(tmp_path: Path) -> None:
+    """Two flagpost processes on one spool directory: the second stops at once, saying why."""
+    from tests.service.process import running_service, service_env
+
+    with running_service(tmp_path, Path(DEMO)) as base:
+        port = int(base.rsplit(":", 1)[1]) + 1
+        second = subprocess.run(
+            [sys.executable, "-m", "service", "serve"],
+            env={**service_env(tmp_path, Path(DEMO), port), "FLAGPOST_EVENTS": "file:other"},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    last = second.stderr.strip().splitlines()[-1]
+    assert 1 == second.returncode
+    assert last.startswith("flagpost: the spool directory")
+    assert "in use by another" in last

@@ -9,12 +9,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
+from service.events.delivery import ACK_BOUND
 from service.events.pipeline import Pipeline
 from service.events.queue import EventQueue
-from service.events.records import conversion_record, new_uuids, odp_record
+from service.events.records import (
+    Batch,
+    conversion_record,
+    events_in,
+    in_batches,
+    new_uuids,
+    odp_record,
+)
 from service.events.sinks import FileSink, Sink, parse_sink
+from service.events.spool import SpoolLocked
 from tests.service.collector import Collector, running_collector
 
 
@@ -319,3 +329,96 @@ async def test_the_flusher_builds_a_big_batch_in_slices_and_keeps_order(tmp_path
     lines = [json.loads(line) for path in sorted((tmp_path / "events").glob("*.jsonl"))
              for line in path.read_text().splitlines()]  # fmt: skip
     assert [*sent, later["uuid"]] == [line["uuid"] for line in lines]
+
+
+async def test_a_hanging_collector_gets_batches_on_disk_within_the_bound(tmp_path: Path) -> None:
+    """While the collector takes no answer, each batch is on disk within the ack bound and the
+    sink is reported unhealthy; once it answers, the copies go and each event is delivered."""
+    with running_collector() as collector:
+        collector.hang.set()
+        pipeline = make_pipeline(tmp_path, [http_sink(collector)], retry_timeout=30.0)
+        await pipeline.start()
+        worker = pipeline.workers[0]
+        sent = []
+        for _ in range(3):
+            for _ in range(10):
+                record = conversion()
+                sent.append(record["uuid"])
+                pipeline.accept(record)
+            await asyncio.sleep(0.05)
+        await eventually(lambda: len(worker.spool) == 3, within=ACK_BOUND + 5)
+        on_disk = [
+            json.loads(line)["uuid"]
+            for path in sorted(worker.spool.directory.glob("*.jsonl"))
+            for line in path.read_text().splitlines()
+        ]
+        assert sent == on_disk
+        health = worker.health()
+        assert False is health["healthy"]
+        assert "no answer from the sink" in health["last_error"]["message"]  # type: ignore[index]
+        collector.hang.clear()
+        await eventually(lambda: len(worker.spool) == 0)
+        await pipeline.stop()
+    assert sent == first_seen([record["uuid"] for record in collector.records()])
+    assert True is worker.health()["healthy"]
+
+
+class BuggySink:
+    """A sink whose encoder has a bug: its first sends raise TypeError."""
+
+    name = "buggy"
+    kinds = frozenset({"decision", "conversion", "odp"})
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.received: list[str] = []
+
+    async def open(self) -> None:
+        return None
+
+    async def send(self, batch: Batch) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise TypeError("unsupported type in the encoder")
+        self.received += batch.lines
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_bug_in_a_sink_is_retried_not_taken_for_a_refusal(tmp_path: Path) -> None:
+    """An exception of flagpost's own is logged and retried: nothing goes to rejected/."""
+    sink = BuggySink(failures=2)
+    pipeline = make_pipeline(tmp_path, [sink], retry_timeout=5.0)
+    await pipeline.start()
+    record = conversion()
+    pipeline.accept(record)
+    await eventually(lambda: len(sink.received) == 1)
+    await pipeline.stop()
+    worker = pipeline.workers[0]
+    assert record["uuid"] == json.loads(sink.received[0])["uuid"]
+    assert not (worker.spool.directory / "rejected").exists()
+    assert 0 == sample(pipeline, "flagpost_events_rejected_total", kind="conversion", sink="buggy")
+
+
+async def test_a_second_pipeline_on_the_same_spool_is_refused(tmp_path: Path) -> None:
+    """Two processes (here: two pipelines) never share a spool directory."""
+    first = make_pipeline(tmp_path, [FileSink(tmp_path / "a", 10**6)])
+    second = make_pipeline(tmp_path, [FileSink(tmp_path / "b", 10**6)])
+    await first.start()
+    try:
+        with pytest.raises(SpoolLocked, match="in use by another flagpost process"):
+            await second.start()
+    finally:
+        await first.stop()
+    await second.start()  # free again once the first has stopped
+    await second.stop()
+
+
+def test_batches_are_cut_at_the_batch_size() -> None:
+    """Items are cut into lists of at most the batch size, one request's exposures included."""
+    decisions = [object()] * 7
+    items: list[Any] = [{"n": 1}, (0.0, "v", 1, decisions, {}, {}, "r"), {"n": 2}]
+    cut = in_batches(items, 4)
+    assert [4, 4, 1] == [sum(map(events_in, batch)) for batch in cut]
+    assert 9 == sum(events_in(item) for batch in cut for item in batch)

@@ -37,7 +37,7 @@ async def test_config_reports_rules_and_refreshing(api: Api) -> None:
         config["origin"],
     )
     assert config["source"].endswith("demo.json")
-    assert (None, 1) == (config["last_error"], config["refreshes"]["succeeded"])
+    assert (None, 1) == (config["last_error"], config["refreshes"]["loaded"])
 
 
 async def test_metrics_count_requests_and_decisions(api: Api) -> None:
