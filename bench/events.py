@@ -26,6 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from aiohttp.hdrs import REFERER, USER_AGENT
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 
@@ -74,16 +75,18 @@ def time_decisions(ruleset: rules.Ruleset, visitors: list[str], recorder: Record
         for visitor in visitors:
             decide("rollout", visitor, CONTEXT)
     else:
-        expose = recorder.expose
+        expose, headers = recorder.expose, REQUEST.headers
         for visitor in visitors:
             decision = decide("rollout", visitor, CONTEXT)
-            if decision.rule is not None:
-                expose(visitor, decision, CONTEXT, REQUEST, "r1")
+            if decision.rule is not None:  # the header lookups are the handler's part of it
+                expose(
+                    visitor, decision, CONTEXT, headers.get(USER_AGENT), headers.get(REFERER), "r1"
+                )
     return (time.perf_counter() - started) / len(visitors)
 
 
-def _counter(taken: list[int]) -> Callable[[list[Any]], None]:
-    return lambda items: taken.append(len(items))
+def _counter(taken: list[int]) -> Callable[[list[Any], int], None]:
+    return lambda items, events: taken.append(events)
 
 
 def recording_cost(count: int, rounds: int) -> None:
@@ -123,7 +126,9 @@ def recording_cost(count: int, rounds: int) -> None:
 async def pipeline_throughput(count: int, per_request: list[rules.Decision]) -> float:
     """Events per second from the queue to the file sink, ``per_request`` the decisions each
     request exposes (queued as the recorder queues them: one item per request)."""
-    one: Any = per_request[0] if len(per_request) == 1 else per_request
+    outcomes = tuple(decision.outcome for decision in per_request)
+    one: Any = outcomes[0] if len(outcomes) == 1 else outcomes
+    user_agent, referer = REQUEST.headers.get(USER_AGENT), REQUEST.headers.get(REFERER)
     with tempfile.TemporaryDirectory() as directory:
         sink = FileSink(Path(directory) / "events", max_bytes=64 * 1024**2)
         pipeline = Pipeline(
@@ -150,7 +155,7 @@ async def pipeline_throughput(count: int, per_request: list[rules.Decision]) -> 
         # request parses its own.
         now = time.time()
         items = [
-            (now, f"visitor-{n}", n, one, dict(CONTEXT), REQUEST.headers, "r1")
+            (now, f"visitor-{n}", n, one, dict(CONTEXT), user_agent, referer, "r1")
             for n in range(requests)
         ]
         step = 500 // size or 1  # a batch's worth of requests per turn of the loop

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from aiohttp.hdrs import REFERER, USER_AGENT  # istr: looked up without case folding
 
 import rules
 from service.errors import ApiError
@@ -111,8 +112,14 @@ class Serving:
         )
         self.tally[decision.reason] += 1
         if query.track and decision.rule is not None and self.recorder is not None:
+            headers = request.headers
             self.recorder.expose(
-                query.visitor_code, decision, query.context, request, snapshot.ruleset.revision
+                query.visitor_code,
+                decision,
+                query.context,
+                headers.get(USER_AGENT),
+                headers.get(REFERER),
+                snapshot.ruleset.revision,
             )
         return web.Response(body=encoded(snapshot, decision), content_type=JSON)
 
@@ -129,8 +136,14 @@ class Serving:
         )
         self.tally[decision.reason] += 1
         if query.track and decision.rule is not None and self.recorder is not None:
+            headers = request.headers
             self.recorder.expose(
-                query.visitor_code, decision, query.context, request, ruleset.revision
+                query.visitor_code,
+                decision,
+                query.context,
+                headers.get(USER_AGENT),
+                headers.get(REFERER),
+                ruleset.revision,
             )
         return decision
 
@@ -172,7 +185,8 @@ class Serving:
                     query.visitor_code,
                     (*exposed, *decisions.values()),
                     query.context,
-                    request,
+                    request.headers.get(USER_AGENT),
+                    request.headers.get(REFERER),
                     ruleset.revision,
                 )
             parts = members(snapshot, decisions)
@@ -193,7 +207,12 @@ class Serving:
         self.metrics.count_decisions(decisions.values())
         if query.track and self.recorder is not None:
             self.recorder.expose_all(
-                query.visitor_code, decisions.values(), query.context, request, ruleset.revision
+                query.visitor_code,
+                decisions.values(),
+                query.context,
+                request.headers.get(USER_AGENT),
+                request.headers.get(REFERER),
+                ruleset.revision,
             )
         return self._decide_response(query, ruleset.revision, members(snapshot, decisions), errors)
 

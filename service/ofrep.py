@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from aiohttp.hdrs import REFERER, USER_AGENT
 from xxhash import xxh3_64_hexdigest
 
 import rules
@@ -122,7 +123,15 @@ class Ofrep:
         self.serving.tally[decision.reason] += 1
         recorder = self.serving.recorder
         if decision.rule is not None and recorder is not None:
-            recorder.expose(visitor, decision, attributes, request, ruleset.revision)
+            headers = request.headers
+            recorder.expose(
+                visitor,
+                decision,
+                attributes,
+                headers.get(USER_AGENT),
+                headers.get(REFERER),
+                ruleset.revision,
+            )
         return _reply(_success(decision, ruleset.revision))
 
     async def evaluate_all(self, request: web.Request) -> web.Response:
@@ -141,7 +150,12 @@ class Ofrep:
         self.serving.metrics.count_decisions(decisions.values())
         if self.serving.recorder is not None:
             self.serving.recorder.expose_all(
-                visitor, decisions.values(), attributes, request, ruleset.revision
+                visitor,
+                decisions.values(),
+                attributes,
+                request.headers.get(USER_AGENT),
+                request.headers.get(REFERER),
+                ruleset.revision,
             )
         flags = [_success(decisions[key], ruleset.revision) for key in ruleset.flag_keys]
         body = orjson.dumps({"flags": flags})

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from rules.steps import Steps
 from service.events.delivery import SinkWorker
 from service.events.queue import EventQueue, Recorder
-from service.events.records import Batch, Item, batch_steps, events_in, in_batches
+from service.events.records import Batch, Item, batch_steps, take_batch
 from service.events.sessions import Sessions
 from service.events.sinks import Sink
 from service.events.spool import Spool, SpoolLock
@@ -82,7 +82,7 @@ class Pipeline:
         self._repeated_counted = 0
         self._task: asyncio.Task[None] | None = None
         #: Items taken from the queue and waiting to be built into batches, oldest first.
-        self._backlog: deque[list[Item]] = deque()
+        self._backlog: deque[Item] = deque()
         self._backlog_events = 0
         #: The batch being built in slices, if any (the flusher's or an overloaded request's).
         self._building: Steps[Batch] | None = None
@@ -117,18 +117,18 @@ class Pipeline:
     def flush(self) -> int:
         """Have everything queued built and handed to the sinks now, behind what is already
         being built; returns how many queued events that was."""
-        items = self.queue.take()
-        self.spill(items)
-        return sum(map(events_in, items))
+        items, events = self.queue.take()
+        self.spill(items, events)
+        return events
 
-    def spill(self, items: list[Item]) -> None:
-        """Hand ``items`` to the flusher, behind what it is building. The queue calls this
-        when it is full: when the backlog is then over its limit too, this request builds
-        one slice of it itself (about a millisecond), and so slows to the pipeline's pace."""
+    def spill(self, items: list[Item], events: int) -> None:
+        """Hand ``items`` (``events`` events) to the flusher, behind what it is building.
+        The queue calls this when it is full: when the backlog is then over its limit too,
+        this request builds one slice of it itself (about a millisecond), and so slows to
+        the pipeline's pace."""
         if items:
-            for batch in in_batches(items, self.batch_size):  # the size is a cap
-                self._backlog.append(batch)
-                self._backlog_events += sum(map(events_in, batch))
+            self._backlog.extend(items)
+            self._backlog_events += events
             self.queue.wake.set()
         if self._backlog_events > self.backlog_limit:
             self._build_slice_now()
@@ -157,9 +157,9 @@ class Pipeline:
             if self._building is None:
                 if not self._backlog:
                     return
-                items = self._backlog.popleft()
-                self._building_events = sum(map(events_in, items))
-                self._backlog_events -= self._building_events
+                items, events = take_batch(self._backlog, self.batch_size)  # a cap
+                self._building_events = events
+                self._backlog_events -= events
                 self._building = self._steps(items)
             try:
                 next(self._building)
@@ -177,7 +177,7 @@ class Pipeline:
 
     async def _flush_in_slices(self) -> None:
         """Build everything queued and in the backlog, a slice at a time."""
-        self.spill(self.queue.take())
+        self.spill(*self.queue.take())
         while self._building is not None or self._backlog:
             await self._build_slice()
             if self._building is not None or self._backlog:

@@ -100,13 +100,12 @@ class Sessions:
 
     def expose_all(
         self, visitor: str, now: float, decisions: Iterable[Decision]
-    ) -> tuple[int, list[Decision], int]:
+    ) -> tuple[int, tuple[str, ...], int]:
         """Note many exposures of one visitor (decisions without a rule are not exposures):
-        the session number, the decisions new to the session, and how many were repeats.
+        the session number, the outcomes new to the session, and how many were repeats.
 
         Written for ``/v1/decide`` over hundreds of flags, where nearly every call repeats
         what the session already has: the comparison is one set operation in C."""
-        decisions = tuple(decisions)  # read twice when the session lacks some
         outcomes = [decision.outcome for decision in decisions if decision.rule is not None]
         session = self.by_visitor.get(visitor)
         if (
@@ -114,20 +113,17 @@ class Sessions:
             and session[EXPIRES] - now > self._recent
             and set(session).issuperset(outcomes)
         ):
-            return session[NUMBER], [], len(outcomes)
-        ruled = [decision for decision in decisions if decision.rule is not None]
+            return session[NUMBER], (), len(outcomes)
         session = self._current(visitor, now)
         number: int = session[NUMBER]
         known = set(session)
-        fresh: list[Decision] = []
         added: list[str] = []
-        for decision, outcome in zip(ruled, outcomes, strict=True):
+        for outcome in outcomes:
             if outcome not in known:
                 known.add(outcome)
                 added.append(outcome)
-                fresh.append(decision)
         self.by_visitor[visitor] = (number, now + self.ttl, *session[FIRST_OUTCOME:], *added)
-        return number, fresh, len(outcomes) - len(fresh)
+        return number, tuple(added), len(outcomes) - len(added)
 
     def id_of(self, number: int) -> str:
         return f"{self.prefix}-{number:x}"

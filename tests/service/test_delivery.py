@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,9 @@ from service.events.records import (
     Batch,
     conversion_record,
     events_in,
-    in_batches,
     new_uuids,
     odp_record,
+    take_batch,
 )
 from service.events.sinks import FileSink, Sink, parse_sink
 from service.events.spool import SpoolLocked
@@ -284,7 +285,7 @@ async def test_the_file_sink_rotates_and_keeps_every_line(tmp_path: Path) -> Non
 def test_a_full_queue_hands_its_content_over_instead_of_growing() -> None:
     """At capacity, the queue gives everything to its overflow handler and starts again."""
     spilled: list[list[Any]] = []
-    queue = EventQueue(batch_size=2, capacity=5, on_full=spilled.append)
+    queue = EventQueue(batch_size=2, capacity=5, on_full=lambda items, _: spilled.append(items))
     for number in range(12):
         queue.put({"n": number})
     assert [5, 5] == [len(batch) for batch in spilled]
@@ -416,9 +417,13 @@ async def test_a_second_pipeline_on_the_same_spool_is_refused(tmp_path: Path) ->
 
 
 def test_batches_are_cut_at_the_batch_size() -> None:
-    """Items are cut into lists of at most the batch size, one request's exposures included."""
-    decisions = [object()] * 7
-    items: list[Any] = [{"n": 1}, (0.0, "v", 1, decisions, {}, {}, "r"), {"n": 2}]
-    cut = in_batches(items, 4)
-    assert [4, 4, 1] == [sum(map(events_in, batch)) for batch in cut]
-    assert 9 == sum(events_in(item) for batch in cut for item in batch)
+    """Batches taken from the backlog hold at most the batch size, one request's exposures
+    cut where a batch is full, nothing lost or repeated."""
+    outcomes = tuple(f"o{n}" for n in range(7))
+    backlog: deque[Any] = deque([{"n": 1}, (0.0, "v", 1, outcomes, {}, None, None, "r"), {"n": 2}])
+    cut = [take_batch(backlog, 4) for _ in range(3)]
+    assert [4, 4, 1] == [events for _, events in cut]
+    assert [4, 4, 1] == [sum(map(events_in, items)) for items, _ in cut]
+    taken = [o for items, _ in cut for item in items if isinstance(item, tuple) for o in item[3]]
+    assert list(outcomes) == taken
+    assert not backlog

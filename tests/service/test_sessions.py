@@ -62,9 +62,9 @@ def test_expose_all_returns_only_outcomes_new_to_the_session() -> None:
     assert ruled, "the demo has flags answered by rules"
     sessions = Sessions(ttl=60, limit=10)
     number, fresh, repeated = sessions.expose_all("visitor-7", 0.0, decisions)
-    assert (ruled, 0) == (fresh, repeated)
-    assert (number, [], len(ruled)) == sessions.expose_all("visitor-7", 0.1, decisions)
-    assert (number, [], len(ruled)) == sessions.expose_all("visitor-7", 30.0, decisions)
+    assert (tuple(d.outcome for d in ruled), 0) == (fresh, repeated)
+    assert (number, (), len(ruled)) == sessions.expose_all("visitor-7", 0.1, decisions)
+    assert (number, (), len(ruled)) == sessions.expose_all("visitor-7", 30.0, decisions)
     assert tuple(d.outcome for d in ruled) == outcomes_of(sessions.by_visitor["visitor-7"])
 
 
@@ -120,7 +120,6 @@ def test_sessions_hold_nothing_the_garbage_collector_has_to_track() -> None:
 def test_the_recorders_own_path_for_new_visitors_keeps_sessions_as_sessions_does() -> None:
     """A new visitor recorded by the recorder gets the session Sessions.expose would make; a
     repeat is not queued again; at the limit the oldest sessions still go first."""
-    from types import SimpleNamespace
     from typing import Any
 
     import rules
@@ -138,13 +137,14 @@ def test_the_recorders_own_path_for_new_visitors_keeps_sessions_as_sessions_does
         ).rule
     )
     spilled: list[Any] = []
-    queue = EventQueue(batch_size=1000, capacity=1000, on_full=spilled.append)
+    queue = EventQueue(
+        batch_size=1000, capacity=1000, on_full=lambda items, _: spilled.append(items)
+    )
     sessions = Sessions(ttl=60, limit=100)
     recorder = Recorder(queue, sessions)
-    request: Any = SimpleNamespace(headers={})
     for number in range(150):
-        recorder.expose(f"visitor-{number}", decision, {}, request, "r1")
-    recorder.expose("visitor-149", decision, {}, request, "r1")
+        recorder.expose(f"visitor-{number}", decision, {}, None, None, "r1")
+    recorder.expose("visitor-149", decision, {}, None, None, "r1")
     assert (150, 1) == (len(queue), recorder.repeated)
     assert len(sessions) <= 100
     assert "visitor-0" not in sessions.by_visitor
