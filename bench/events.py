@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from service.events.pipeline import Pipeline  # noqa: E402
 from service.events.queue import EventQueue, Recorder  # noqa: E402
 from service.events.sessions import Sessions  # noqa: E402
 from service.events.sinks import FileSink  # noqa: E402
+from service.heap import freeze_start_up  # noqa: E402
 
 DOC = {
     "format": 1,
@@ -98,10 +98,11 @@ def recording_cost(count: int, rounds: int) -> None:
         # which counts them), as serving does within a loop iteration.
         taken: list[int] = []
         queue = EventQueue(batch_size=500, capacity=500, on_full=_counter(taken))
-        recorder = Recorder(queue, Sessions(ttl=1800, limit=10**7))
-        # As serving does: the app (its sessions table included) is made before start-up's
-        # gc.freeze(), so the collector never walks the table (see service/app.py).
-        gc.freeze()
+        sessions = Sessions(ttl=1800, limit=10**7)
+        recorder = Recorder(queue, sessions)
+        # As serving does: the app (its sessions table included) is frozen at start-up, so
+        # the collector never walks the table (see service/app.py and service/heap.py).
+        freeze_start_up(sessions.shards)
         best["plain"] = min(best["plain"], time_decisions(ruleset, visitors, None))
         best["new visitors"] = min(
             best["new visitors"], time_decisions(ruleset, visitors, recorder)

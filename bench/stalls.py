@@ -4,9 +4,8 @@
 A probe task wakes every millisecond and records how late it woke: the time the loop was
 held by something else. It runs while, in the same process and loop as in serving:
 
-1. a full queue: requests (500 exposures a turn, new visitors each: faster than the flusher
-   builds records while it shares the loop) fill the queue to its capacity and keep going,
-   so the queue hands its content over again and again;
+1. a full queue: requests (50 exposures a turn, as a /v1/decide of a new visitor records)
+   fill a queue of 2,000 events again and again, so it hands its content over each time;
 2. a collector outage: the same load to an HTTP sink whose collector answers 503, so every
    batch is retried, then spooled to disk, while more arrive;
 3. a rules swap: a 10,000-flag ruleset replaced by another, loaded and then taken apart.
@@ -44,9 +43,8 @@ from service.refresher import Refresher
 from service.store import DiskCache, RulesStore
 
 TARGET_MS = 5.0
-#: Exposures recorded per turn of the loop: about a millisecond of requests (a /v1/decide
-#: records some 50), faster than the flusher builds them while it shares the loop.
-PER_TURN = 500
+#: Exposures recorded per turn of the loop: what one /v1/decide of a new visitor records.
+PER_TURN = 50
 HEADERS = CIMultiDictProxy(CIMultiDict({"User-Agent": "bench/1.0", "Referer": "https://x/"}))
 
 
@@ -76,7 +74,12 @@ def pipeline(directory: Path, sink_spec: str | None, queue_size: int) -> Pipelin
     """A pipeline made as the service makes it: before start-up's ``gc.freeze()``, so the
     collector never walks its sessions table."""
     made = _pipeline(directory, sink_spec, queue_size)
-    gc.freeze()
+    try:
+        from service.heap import freeze_start_up
+    except ImportError:  # code before 2026-12 froze start-up with a plain gc.freeze()
+        gc.freeze()
+    else:
+        freeze_start_up(made.sessions.shards)
     return made
 
 
@@ -108,17 +111,22 @@ async def requests(target: Pipeline, decisions: list[rules.Decision], count: int
     its own new visitor, and a turn given to others in between."""
     recorder = target.recorder
     context = {"device": "phone", "geo": {"country": "FR"}}
-    user_agent, referer = HEADERS.get(USER_AGENT), HEADERS.get(REFERER)
+    expose: Any = recorder.expose
+    if "request" in inspect.signature(expose).parameters:  # code before 2026-12
+        request: Any = type("Request", (), {"headers": HEADERS})()
+        sent: tuple[Any, ...] = (request,)
+    else:
+        sent = (HEADERS.get(USER_AGENT), HEADERS.get(REFERER))
     for number in range(count):
         decision = decisions[number % len(decisions)]
-        recorder.expose(f"visitor-{number}", decision, context, user_agent, referer, "r")
+        expose(f"visitor-{number}", decision, dict(context), *sent, "r")
         if number % PER_TURN == PER_TURN - 1:
             await asyncio.sleep(0)
 
 
 async def full_queue(decisions: list[rules.Decision], count: int) -> list[float]:
     with tempfile.TemporaryDirectory() as directory:
-        target = pipeline(Path(directory), None, queue_size=count // 5)
+        target = pipeline(Path(directory), None, queue_size=2_000)
         await target.start()
         lags = await probe_while(lambda: requests(target, decisions, count))
         await target.stop()

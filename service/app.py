@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import hmac
 import itertools
 import os
@@ -21,7 +20,7 @@ from time import perf_counter
 from aiohttp import web
 
 import rules
-from service import ops, redaction
+from service import heap, ops, redaction
 from service.api import Serving
 from service.errors import ApiError, error_response, from_rules_error
 from service.events.pipeline import Pipeline
@@ -125,9 +124,9 @@ async def _events_context(app: web.Application) -> AsyncIterator[None]:
 async def _rules_context(app: web.Application) -> AsyncIterator[None]:
     refresher = app[REFRESHER]
     await refresher.start()
-    # Everything made so far (modules, the compiled rules) lives as long as the process:
-    # keep the cyclic collector from walking it again and again while serving.
-    gc.freeze()
+    # Everything made so far (modules, the compiled rules, the sessions table) lives as long
+    # as the process: keep the cyclic collector from walking it again and again.
+    heap.freeze_start_up(app[PIPELINE].sessions.shards)
     task = asyncio.create_task(refresher.run(), name="flagpost-refresher")
     yield
     task.cancel()

@@ -20,9 +20,34 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
-__all__ = ["give_back", "keep_built", "sweep"]
+from rules.steps import Steps
+
+__all__ = ["freeze_start_up", "give_back_steps", "keep_built", "sweep"]
+
+
+def freeze_start_up(tables: Iterable[dict[str, Any]]) -> None:
+    """Freeze what start-up made, ``tables`` included: dicts that will hold many entries for
+    the process's life (the sessions).
+
+    An empty dict is not tracked by the collector, so a plain ``gc.freeze()`` would leave
+    it out; the first tracked value put in it (a session's new tuple, say) would then make
+    it tracked, young, and walked entry by entry by every collection from then on: 265 ms
+    for 6 million entries, about 20 ms for the 500,000 sessions of the default limit. Each
+    table is made tracked for the freeze, and stays frozen once emptied again."""
+    placeholder: list[Any] = []
+    held = [table for table in tables if not gc.is_tracked(table)]
+    for table in held:
+        table[_PLACEHOLDER] = placeholder  # a tracked value: the dict is tracked from now
+    gc.freeze()
+    for table in held:
+        del table[_PLACEHOLDER]
+
+
+#: A key no session can have (visitor codes are 1 to 255 characters).
+_PLACEHOLDER = ""
 
 
 def sweep() -> int:
@@ -37,11 +62,13 @@ def keep_built() -> None:
     gc.freeze()
 
 
-def give_back() -> None:
-    """Hand memory freed by a replaced ruleset back to the operating system: a full
-    collection empties the interpreter's free lists (it walks only what is not frozen), and
-    glibc's ``malloc_trim`` releases the heap's free pages (elsewhere, nothing more)."""
+def give_back_steps() -> Steps[None]:
+    """Hand memory freed by a replaced ruleset back to the operating system, in two steps of
+    a millisecond or two each: a full collection empties the interpreter's free lists (it
+    walks only what is not frozen), then glibc's ``malloc_trim`` releases the heap's free
+    pages (elsewhere, nothing more)."""
     gc.collect()
+    yield
     _trim()
 
 

@@ -179,27 +179,35 @@ async def release_cooperatively(holder: list[rules.Ruleset]) -> bool:
     if sys.getrefcount(ruleset) > 2:  # this name, and getrefcount's own argument
         return False
     await run_cooperatively(ruleset.release_steps())
-    heap.give_back()
+    await give_way()
+    await run_cooperatively(heap.give_back_steps(), slice_seconds=0)
     return True
 
 
 async def run_cooperatively(
-    steps: rules.steps.Steps[T], between_slices: Callable[[], None] = lambda: None
+    steps: rules.steps.Steps[T],
+    between_slices: Callable[[], None] | None = None,
+    slice_seconds: float = SLICE_SECONDS,
 ) -> T:
-    """Run ``steps`` to the end, handing the loop back every ``SLICE_SECONDS``; call
-    ``between_slices`` at the end of each slice, the last one too."""
-    deadline = perf_counter() + SLICE_SECONDS
+    """Run ``steps`` to the end, handing the loop back every ``slice_seconds``; call
+    ``between_slices`` after each slice, the last one too, in a turn of its own (it takes
+    up to a couple of milliseconds: a slice and it together would be a stall of three)."""
+    deadline = perf_counter() + slice_seconds
     while True:
         try:
             next(steps)
         except StopIteration as done:
-            between_slices()
+            if between_slices is not None:
+                await give_way()
+                between_slices()
             result: T = done.value
             return result
         if perf_counter() >= deadline:
-            between_slices()
             await give_way()
-            deadline = perf_counter() + SLICE_SECONDS
+            if between_slices is not None:
+                between_slices()
+                await give_way()
+            deadline = perf_counter() + slice_seconds
 
 
 def _describe(error: Exception) -> str:

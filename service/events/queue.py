@@ -23,7 +23,7 @@ import orjson
 
 from rules import Decision
 from service.events.records import Item
-from service.events.sessions import Sessions
+from service.events.sessions import SHARDS, Sessions
 
 __all__ = ["EventQueue", "Item", "Recorder"]
 
@@ -88,15 +88,15 @@ class Recorder:
         """Record that ``visitor`` was shown ``decision`` (it has a rule: callers check)."""
         now = time()
         sessions = self.sessions
-        by_visitor = sessions.by_visitor
-        if visitor not in by_visitor and len(by_visitor) < sessions.limit:
+        shard = sessions.shards[hash(visitor) & (SHARDS - 1)]
+        if visitor not in shard and len(shard) < sessions.shard_limit:
             # A visitor with no session, the commonest case where a flag is asked once per
             # visit: what Sessions.expose does for one, inlined, as a call is a tenth of the
             # cost (a test holds the two to the same session).
             number = next(sessions.numbers)
-            by_visitor[visitor] = (number, now + sessions.ttl, decision.outcome)
+            shard[visitor] = (number, now + sessions.ttl, decision.outcome)
         else:
-            found = sessions.expose(visitor, now, decision.outcome)
+            found = sessions.expose(visitor, now, decision.outcome, shard)
             if found is None:
                 self.repeated += 1
                 return

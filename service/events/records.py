@@ -85,8 +85,10 @@ def events_in(item: Item) -> int:
 class Batch:
     """Records delivered together, each as one line of JSON text, and the kind of each."""
 
-    lines: list[str]
-    kinds: list[str]
+    #: Tuples, not lists: the collector stops tracking a tuple of strings, and batches that
+    #: wait for a slow sink would otherwise add every line to each of its full passes.
+    lines: tuple[str, ...]
+    kinds: tuple[str, ...]
     #: Events that could not be written (a bug: logged, and counted as dropped).
     unwritable: int = 0
 
@@ -96,7 +98,7 @@ class Batch:
         for record in records:
             lines.append(_dumps(record))
             kinds.append(record["kind"])
-        return cls(lines, kinds)
+        return cls(tuple(lines), tuple(kinds))
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -110,7 +112,7 @@ class Batch:
         if kinds.issuperset(self.kinds):
             return self
         chosen = [index for index, kind in enumerate(self.kinds) if kind in kinds]
-        return Batch([self.lines[i] for i in chosen], [self.kinds[i] for i in chosen])
+        return Batch(tuple([self.lines[i] for i in chosen]), tuple([self.kinds[i] for i in chosen]))
 
     def records(self) -> list[dict[str, Any]]:
         """The records as dicts, for sinks that reshape them (slower: they are parsed)."""
@@ -278,7 +280,7 @@ def batch_steps(items: list[Item], process_ms: int, session_prefix: str) -> Step
             del lines[first:], kinds[first:]
             unwritable += events_in(item)
             log.exception("events_unwritable", events=events_in(item))
-    return Batch(lines, kinds, unwritable)
+    return Batch(tuple(lines), tuple(kinds), unwritable)
 
 
 def _decision_part(outcome: str) -> dict[str, Any]:

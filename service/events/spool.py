@@ -141,7 +141,8 @@ class Spool:
         data = path.read_bytes()
         try:
             lines = [line for line in data.decode().splitlines() if line]
-            return path, Batch(lines, [orjson.loads(line)["kind"] for line in lines])
+            kinds = tuple([orjson.loads(line)["kind"] for line in lines])
+            return path, Batch(tuple(lines), kinds)
         except (UnicodeDecodeError, orjson.JSONDecodeError, KeyError, TypeError):
             return path, None
 

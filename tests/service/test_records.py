@@ -80,7 +80,7 @@ def test_rows_keep_queue_order_and_match_the_export_fields() -> None:
     rows = batch.records()
     assert rows == json.loads(batch.json_array())
     assert rows == [json.loads(line) for line in batch.json_lines().decode().splitlines()]
-    assert ["decision"] * len(many) + ["conversion", "decision"] == batch.kinds
+    assert ("decision",) * len(many) + ("conversion", "decision") == batch.kinds
     assert conversion == rows[len(many)]
     expected = [expected_row(d, "visitor-1", 10) for d in many]
     expected += [expected_row(one, "visitor-2", 11)]
@@ -110,7 +110,7 @@ def test_a_batch_filtered_by_kind_keeps_lines_and_kinds_together() -> None:
     )
     odp = batch.only(frozenset({"odp"}))
     assert [{"kind": "odp", "n": 1}, {"kind": "odp", "n": 3}] == odp.records()
-    assert ["odp", "odp"] == odp.kinds
+    assert ("odp", "odp") == odp.kinds
     assert batch is batch.only(frozenset({"odp", "decision"}))
     assert {"odp": 2, "decision": 1} == batch.counts()
 
@@ -178,5 +178,5 @@ def test_an_item_that_cannot_be_written_is_left_out_and_counted(
     ]
     batch = batch_of(items, 0, "p")
     assert 2 == batch.unwritable
-    assert ["decision", "decision", "conversion"] == batch.kinds
+    assert ("decision", "decision", "conversion") == batch.kinds
     assert ["visitor-7", "visitor-7", "visitor-6"] == [r["visitor_id"] for r in batch.records()]

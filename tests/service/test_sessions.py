@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from service.events.sessions import NUMBER, Sessions, outcomes_of
+from service.events.sessions import NUMBER, SHARDS, Session, Sessions, outcomes_of
 
 KEY = '["flag","rule","on",1,2,3]'
 OTHER = '["flag","rule","off",1,2,4]'
+
+
+def held(sessions: Sessions, visitor: str) -> Session:
+    """The visitor's session, which the test expects to be there."""
+    session = sessions.get(visitor)
+    assert session is not None
+    return session
 
 
 def test_an_exposure_is_new_once_per_session() -> None:
@@ -33,11 +40,11 @@ def test_a_repeat_within_a_hundredth_of_the_window_leaves_the_session_as_it_is()
     session, so it ends between 99% and 100% of the window after the last activity."""
     sessions = Sessions(ttl=100, limit=10)
     number = sessions.expose("v", 0.0, KEY)
-    before = sessions.by_visitor["v"]
+    before = held(sessions, "v")
     assert None is sessions.expose("v", 0.5, KEY)
-    assert before is sessions.by_visitor["v"]
+    assert before is held(sessions, "v")
     assert None is sessions.expose("v", 1.5, KEY)
-    assert 101.5 == sessions.by_visitor["v"][1]
+    assert 101.5 == held(sessions, "v")[1]
     assert None is sessions.expose("v", 101.0, KEY)  # 99.5 s after the last write: same one
     assert number != sessions.expose("v", 202.0, KEY)
 
@@ -65,7 +72,7 @@ def test_expose_all_returns_only_outcomes_new_to_the_session() -> None:
     assert (tuple(d.outcome for d in ruled), 0) == (fresh, repeated)
     assert (number, (), len(ruled)) == sessions.expose_all("visitor-7", 0.1, decisions)
     assert (number, (), len(ruled)) == sessions.expose_all("visitor-7", 30.0, decisions)
-    assert tuple(d.outcome for d in ruled) == outcomes_of(sessions.by_visitor["visitor-7"])
+    assert tuple(d.outcome for d in ruled) == outcomes_of(held(sessions, "visitor-7"))
 
 
 def test_sweeping_forgets_expired_sessions_only() -> None:
@@ -76,20 +83,32 @@ def test_sweeping_forgets_expired_sessions_only() -> None:
     sessions.touch("old-but-active", 0.0)
     sessions.touch("old-but-active", 50.0)
     assert 1 == sessions.sweep(65.0)
-    assert ["recent", "old-but-active"] == list(sessions.by_visitor)
+    kept = [v for v in ("old", "recent", "old-but-active") if sessions.get(v) is not None]
+    assert ["recent", "old-but-active"] == kept
 
 
 def test_the_least_recently_active_go_first_past_the_limit() -> None:
-    """Past the limit the least recently active sessions are forgotten, not the busy ones."""
-    sessions = Sessions(ttl=600, limit=200)
-    for number in range(200):
-        sessions.touch(f"v{number}", float(number))
-    sessions.touch("v0", 300.0)  # active again
-    sessions.touch("newcomer", 301.0)
-    assert len(sessions) <= 200
-    assert "v0" in sessions.by_visitor
-    assert "newcomer" in sessions.by_visitor
-    assert "v1" not in sessions.by_visitor
+    """Past the limit (per shard of the table) the least recently active sessions are
+    forgotten, not the busy ones."""
+    sessions = Sessions(ttl=600, limit=4 * SHARDS + 3)  # four sessions a shard
+    shard = sessions.shards[0]
+    same = [f"v{n}" for n in range(5000) if sessions.shard(f"v{n}") is shard][:5]
+    for moment, visitor in enumerate(same[:4]):
+        sessions.touch(visitor, float(moment))
+    sessions.touch(same[0], 300.0)  # active again
+    sessions.touch(same[4], 301.0)  # a newcomer in the full shard
+    assert [True, False, True, True, True] == [sessions.get(v) is not None for v in same]
+    assert 4 == len(shard)
+
+
+def test_a_growing_table_grows_a_shard_at_a_time() -> None:
+    """Visitors spread over every shard, so no single dict holds (and copies) them all."""
+    sessions = Sessions(ttl=600, limit=100_000)
+    for number in range(64_000):
+        sessions.touch(f"visitor-{number}", 0.0)
+    sizes = [len(shard) for shard in sessions.shards]
+    assert 64_000 == len(sessions) == sum(sizes)
+    assert max(sizes) < 2 * 64_000 / SHARDS
 
 
 def test_session_ids_are_distinct() -> None:
@@ -114,7 +133,8 @@ def test_sessions_hold_nothing_the_garbage_collector_has_to_track() -> None:
     sessions.expose_all("visitor-9", 0.0, decisions)
     sessions.expose("visitor-8", 0.0, KEY)
     gc.collect()
-    assert [False, False] == [gc.is_tracked(s) for s in sessions.by_visitor.values()]
+    sessions_made = [held(sessions, "visitor-9"), held(sessions, "visitor-8")]
+    assert [False, False] == [gc.is_tracked(s) for s in sessions_made]
 
 
 def test_the_recorders_own_path_for_new_visitors_keeps_sessions_as_sessions_does() -> None:
@@ -147,8 +167,8 @@ def test_the_recorders_own_path_for_new_visitors_keeps_sessions_as_sessions_does
     recorder.expose("visitor-149", decision, {}, None, None, "r1")
     assert (150, 1) == (len(queue), recorder.repeated)
     assert len(sessions) <= 100
-    assert "visitor-0" not in sessions.by_visitor
-    assert (decision.outcome,) == outcomes_of(sessions.by_visitor["visitor-149"])
+    assert None is sessions.get("visitor-0")
+    assert (decision.outcome,) == outcomes_of(held(sessions, "visitor-149"))
     assert None is sessions.expose("visitor-149", 1.0, decision.outcome)
     numbers = {item[2] for item in queue.items if isinstance(item, tuple)}
     assert 150 == len(numbers)  # every session its own number
