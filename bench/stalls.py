@@ -74,12 +74,12 @@ def pipeline(directory: Path, sink_spec: str | None, queue_size: int) -> Pipelin
     """A pipeline made as the service makes it: before start-up's ``gc.freeze()``, so the
     collector never walks its sessions table."""
     made = _pipeline(directory, sink_spec, queue_size)
-    try:
+    if hasattr(made.sessions, "shards"):
         from service.heap import freeze_start_up
-    except ImportError:  # code before 2026-12 froze start-up with a plain gc.freeze()
-        gc.freeze()
-    else:
+
         freeze_start_up(made.sessions.shards)
+    else:  # code before 2026-12 froze start-up with a plain gc.freeze()
+        gc.freeze()
     return made
 
 

@@ -180,19 +180,17 @@ async def release_cooperatively(holder: list[rules.Ruleset]) -> bool:
         return False
     await run_cooperatively(ruleset.release_steps())
     await give_way()
-    await run_cooperatively(heap.give_back_steps(), slice_seconds=0)
+    heap.give_back()
     return True
 
 
 async def run_cooperatively(
-    steps: rules.steps.Steps[T],
-    between_slices: Callable[[], None] | None = None,
-    slice_seconds: float = SLICE_SECONDS,
+    steps: rules.steps.Steps[T], between_slices: Callable[[], None] | None = None
 ) -> T:
-    """Run ``steps`` to the end, handing the loop back every ``slice_seconds``; call
+    """Run ``steps`` to the end, handing the loop back every ``SLICE_SECONDS``; call
     ``between_slices`` after each slice, the last one too, in a turn of its own (it takes
     up to a couple of milliseconds: a slice and it together would be a stall of three)."""
-    deadline = perf_counter() + slice_seconds
+    deadline = perf_counter() + SLICE_SECONDS
     while True:
         try:
             next(steps)
@@ -207,7 +205,7 @@ async def run_cooperatively(
             if between_slices is not None:
                 between_slices()
                 await give_way()
-            deadline = perf_counter() + slice_seconds
+            deadline = perf_counter() + SLICE_SECONDS
 
 
 def _describe(error: Exception) -> str:
