@@ -338,4 +338,21 @@ def load_settings(
             why = str(error)
             shown = MASK if spec.metadata["secret"] else _public_text(raw)
             raise SettingsError(f"{origin}={shown!r} {why}") from None
-    return Settings(**values)
+    settings = Settings(**values)
+    _refuse_two_credentials(settings)
+    return settings
+
+
+def _refuse_two_credentials(settings: Settings) -> None:
+    """A URL with a user and password, and an Authorization setting for it too: an HTTP
+    request can carry only one, so say so now rather than fail at every fetch."""
+    pairs = [("FLAGPOST_RULES", settings.rules, "FLAGPOST_RULES_AUTH", settings.rules_auth)]
+    pairs += [("FLAGPOST_EVENTS", sink, "FLAGPOST_EVENTS_AUTH", settings.events_auth)
+              for sink in settings.events]  # fmt: skip
+    for variable, url, auth_variable, auth in pairs:
+        parts = urlsplit(url)
+        if auth is not None and _is_url(url) and (parts.username or parts.password):
+            raise SettingsError(
+                f"{variable}={public_url(url)!r} carries a user and password and "
+                f"{auth_variable} is set too: use one of them"
+            )
