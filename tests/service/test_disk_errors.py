@@ -7,24 +7,29 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from service.events.sinks import FileSink
+from tests.service.conftest import DEMO
 from tests.service.test_delivery import conversion, eventually, make_pipeline, sample
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs mounted for the test (mounting needs root, as CI runs)."""
+    """A 1 MiB tmpfs mounted for the test (mounting needs root, as CI runs)."""
     mount = tmp_path / "disk"
     mount.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
     try:
         yield mount
     finally:
@@ -78,3 +83,56 @@ async def test_a_full_disk_loses_nothing_and_recovers_by_itself(small_disk: Path
     health = worker.health()
     assert (True, None) == (health["healthy"], health["last_error"])
     assert health["previous_error"] is not None
+
+
+def test_a_real_process_on_a_full_disk_answers_every_decision_and_exits_cleanly(
+    small_disk: Path,
+) -> None:
+    """flagpost with its event files and spool on a full disk: no decision answers 500,
+    SIGTERM exits 0 once there is room, and every accepted exposure is in the event files or
+    the spool (which the next start delivers)."""
+    from tests.service.process import start_service
+
+    process, base = start_service(
+        small_disk.parent,  # its log and cache, off the full disk
+        DEMO,
+        FLAGPOST_EVENTS=f"file:{small_disk / 'events'}",
+        FLAGPOST_SPOOL_DIR=str(small_disk / "spool"),
+        FLAGPOST_SINK_TIMEOUT="0.2",
+        FLAGPOST_FLUSH_INTERVAL="0.1",
+    )
+    filler = fill(small_disk)
+    statuses: dict[int, int] = {}
+    try:
+        for number in range(600):
+            url = f"{base}/v1/flags/holiday_theme/decision?visitor_code=visitor-{number}"
+            try:
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    status = response.status
+            except urllib.error.HTTPError as error:
+                status = error.code
+            statuses[status] = statuses.get(status, 0) + 1
+        deadline = time.monotonic() + 30
+        while "flagpost_events_io_errors_total{" not in metrics(base):  # the spool failed too
+            assert time.monotonic() < deadline, "the spool never met the full disk"
+            time.sleep(0.1)
+        with urllib.request.urlopen(f"{base}/v1/config", timeout=10) as response:
+            sinks = json.loads(response.read())["events"]["sinks"]
+        filler.unlink()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert {200: 600} == statuses
+    assert False is sinks[0]["healthy"]
+    assert 0 == process.returncode
+    rows = [
+        json.loads(line)
+        for path in [*small_disk.glob("events/*.jsonl"), *small_disk.glob("spool/*/*.jsonl")]
+        for line in path.read_text().splitlines()
+    ]
+    assert {f"visitor-{number}" for number in range(600)} == {row["visitor_id"] for row in rows}
+
+
+def metrics(base: str) -> str:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        return str(response.read().decode())
