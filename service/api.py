@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.hdrs import REFERER, USER_AGENT  # istr: looked up without case folding
 
 import rules
-from service.errors import ApiError
+from service.errors import ApiError, json_response
 from service.events.queue import Recorder
 from service.metrics import Metrics
 from service.payloads import (
@@ -46,10 +46,6 @@ def encoded(snapshot: Snapshot, decision: rules.Decision) -> bytes:
     if data is None:
         data = snapshot.encoded[key] = orjson.dumps(decision.as_dict())
     return data
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON)
 
 
 class Serving:
@@ -149,7 +145,7 @@ class Serving:
 
     async def is_active(self, request: web.Request) -> web.Response:
         decision = await self._decision(request)
-        return _json(
+        return json_response(
             {"flag": decision.flag, "active": decision.active, "variation": decision.variation}
         )
 
@@ -157,7 +153,7 @@ class Serving:
         name = request.match_info["variable"]
         decision = await self._decision(request, variable=name)
         value = decision.variables[name]
-        return _json(
+        return json_response(
             {
                 "flag": decision.flag,
                 "variable": name,
@@ -270,7 +266,7 @@ class Serving:
 
     async def list_flags(self, request: web.Request) -> web.Response:
         ruleset = self.snapshot().ruleset
-        return _json({"revision": ruleset.revision, "flags": list(ruleset.flag_keys)})
+        return json_response({"revision": ruleset.revision, "flags": list(ruleset.flag_keys)})
 
     async def list_variations(self, request: web.Request) -> web.Response:
         ruleset = self.snapshot().ruleset
@@ -285,7 +281,7 @@ class Serving:
             }
             for name, variation in flag.variations.items()
         }
-        return _json(
+        return json_response(
             {
                 "flag": key,
                 "revision": ruleset.revision,

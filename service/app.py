@@ -25,7 +25,6 @@ from service.api import Serving
 from service.errors import ApiError, error_response, from_rules_error
 from service.events.pipeline import Pipeline
 from service.events.sinks import parse_sink
-from service.events.tracking import Tracking
 from service.keys import LIMITS, METRICS, PIPELINE, REFRESHER, SETTINGS, STORE
 from service.logs import REQUEST_ID, get_logger
 from service.metrics import Metrics, RequestStats
@@ -35,6 +34,7 @@ from service.refresher import Refresher
 from service.settings import Settings
 from service.sources import open_source
 from service.store import DiskCache, RulesStore
+from service.tracking import Tracking
 
 __all__ = ["GuardedRouter", "create_app"]
 

@@ -23,7 +23,7 @@ from aiohttp import web
 
 import rules
 
-__all__ = ["ApiError", "error_response", "from_rules_error"]
+__all__ = ["ApiError", "error_response", "from_rules_error", "json_response"]
 
 
 class ApiError(Exception):
@@ -61,13 +61,17 @@ def invalid(message: str, field: str | None = None) -> ApiError:
     return ApiError(400, "INVALID_REQUEST", message, field)
 
 
-def error_response(error: ApiError, headers: dict[str, str] | None = None) -> web.Response:
-    response = web.Response(
-        status=error.status,
-        body=orjson.dumps(error.body()),
-        content_type="application/json",
-        headers=headers,
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON answer: every JSON response of flagpost's is made here."""
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
     )
+
+
+def error_response(error: ApiError, headers: dict[str, str] | None = None) -> web.Response:
+    response = json_response(error.body(), error.status, headers)
     if error.closes:
         response.force_close()
     return response

@@ -16,7 +16,7 @@ from xxhash import xxh3_64_hexdigest
 
 import rules
 from service.api import Serving
-from service.errors import ApiError
+from service.errors import ApiError, json_response
 from service.payloads import MAX_VISITOR_CODE, Limits, check_context, read_json
 
 if TYPE_CHECKING:
@@ -27,16 +27,10 @@ __all__ = ["Ofrep"]
 JSON = "application/json"
 
 
-class _Failure(Exception):
-    """An OFREP failure: a status and the body OFREP prescribes for it."""
-
-    def __init__(self, status: int, code: str, details: str) -> None:
-        super().__init__(details)
-        self.status, self.code, self.details = status, code, details
-
-
-def _reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON, headers=headers)
+def _failure(error: ApiError, flag: str | None = None) -> web.Response:
+    """An OFREP failure: the error's status, and the body OFREP prescribes (its codes)."""
+    body = {"errorCode": error.code, "errorDetails": error.message}
+    return json_response(body if flag is None else {"key": flag, **body}, error.status)
 
 
 async def _read_context(request: web.Request, limits: Limits) -> tuple[str, dict[str, Any]]:
@@ -45,18 +39,17 @@ async def _read_context(request: web.Request, limits: Limits) -> tuple[str, dict
         body = await read_json(request, limits)
     except ApiError as error:
         status = 413 if error.status == 413 else 400
-        raise _Failure(
-            status, "PARSE_ERROR" if status == 400 else "GENERAL", error.message
-        ) from None
+        code = "PARSE_ERROR" if status == 400 else "GENERAL"
+        raise ApiError(status, code, error.message) from None
     context = body.get("context", {})
     if not isinstance(context, dict):
-        raise _Failure(400, "INVALID_CONTEXT", "context must be a JSON object")
+        raise ApiError(400, "INVALID_CONTEXT", "context must be a JSON object")
     attributes = dict(context)
     key = attributes.pop("targetingKey", None)
     if key is None or key == "":
-        raise _Failure(400, "TARGETING_KEY_MISSING", "context.targetingKey is required")
+        raise ApiError(400, "TARGETING_KEY_MISSING", "context.targetingKey is required")
     if not isinstance(key, str) or len(key) > MAX_VISITOR_CODE:
-        raise _Failure(
+        raise ApiError(
             400,
             "INVALID_CONTEXT",
             f"targetingKey must be a string of 1 to {MAX_VISITOR_CODE} characters",
@@ -64,7 +57,7 @@ async def _read_context(request: web.Request, limits: Limits) -> tuple[str, dict
     try:
         check_context(attributes, limits)
     except ApiError as error:
-        raise _Failure(400, "INVALID_CONTEXT", error.message) from None
+        raise ApiError(400, "INVALID_CONTEXT", error.message) from None
     return key, attributes
 
 
@@ -105,21 +98,18 @@ class Ofrep:
         flag = request.match_info["key"]
         try:
             visitor, attributes = await _read_context(request, self.serving.limits)
+        except ApiError as error:
+            return _failure(error, flag)
+        try:
             ruleset = self.serving.snapshot().ruleset
+        except ApiError as error:  # not ready yet: OFREP's general error
+            return json_response({"errorDetails": error.message}, error.status)
+        try:
             decision = ruleset.decide(flag, visitor, attributes, self._environment(request))
-        except _Failure as failure:
-            return _reply(
-                {"key": flag, "errorCode": failure.code, "errorDetails": failure.details},
-                failure.status,
-            )
         except rules.FlagNotFound as error:
-            return _reply(
-                {"key": flag, "errorCode": "FLAG_NOT_FOUND", "errorDetails": str(error)}, 404
-            )
+            return _failure(ApiError(404, "FLAG_NOT_FOUND", str(error)), flag)
         except rules.UnknownEnvironment as error:
-            return _reply({"key": flag, "errorCode": "GENERAL", "errorDetails": str(error)}, 400)
-        except ApiError as error:  # not ready yet
-            return _reply({"errorDetails": error.message}, error.status)
+            return _failure(ApiError(400, "GENERAL", str(error)), flag)
         self.serving.tally[decision.reason] += 1
         recorder = self.serving.recorder
         if decision.rule is not None and recorder is not None:
@@ -132,21 +122,21 @@ class Ofrep:
                 headers.get(REFERER),
                 ruleset.revision,
             )
-        return _reply(_success(decision, ruleset.revision))
+        return json_response(_success(decision, ruleset.revision))
 
     async def evaluate_all(self, request: web.Request) -> web.Response:
         try:
             visitor, attributes = await _read_context(request, self.serving.limits)
+        except ApiError as error:
+            return _failure(error)
+        try:
             ruleset = self.serving.snapshot().ruleset
+        except ApiError as error:  # not ready yet: OFREP's general error
+            return json_response({"errorDetails": error.message}, error.status)
+        try:
             decisions = ruleset.decide_all(visitor, attributes, self._environment(request))
-        except _Failure as failure:
-            return _reply(
-                {"errorCode": failure.code, "errorDetails": failure.details}, failure.status
-            )
         except rules.UnknownEnvironment as error:
-            return _reply({"errorCode": "GENERAL", "errorDetails": str(error)}, 400)
-        except ApiError as error:  # not ready yet
-            return _reply({"errorDetails": error.message}, error.status)
+            return _failure(ApiError(400, "GENERAL", str(error)))
         self.serving.metrics.count_decisions(decisions.values())
         if self.serving.recorder is not None:
             self.serving.recorder.expose_all(
@@ -167,7 +157,7 @@ class Ofrep:
 
     async def configuration(self, request: web.Request) -> web.Response:
         interval_ms = int(self.refresh_interval * 1000)
-        return _reply(
+        return json_response(
             {
                 "name": "flagpost",
                 "capabilities": {

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.errors import ApiError
+from service.errors import ApiError, json_response
 from service.keys import LIMITS, METRICS, PIPELINE, REFRESHER, SETTINGS, STORE
 from service.payloads import read_body
 from service.store import DROPPED
@@ -42,19 +42,15 @@ def add_routes(router: GuardedRouter) -> None:
     router.add("GET", "/openapi.json", openapi)
 
 
-def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON)
-
-
 async def healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     snapshot = request.app[STORE].current
     if snapshot is None:
         raise ApiError(503, "NOT_READY", "no rules have been loaded yet")
-    return _json({"status": "ready", "revision": snapshot.ruleset.revision})
+    return json_response({"status": "ready", "revision": snapshot.ruleset.revision})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -69,7 +65,7 @@ async def config(request: web.Request) -> web.Response:
     snapshot = store.current
     environments = list(snapshot.ruleset.environments) if snapshot else []
     default = settings.environment or (environments[0] if environments else None)
-    return _json(
+    return json_response(
         {
             **store.status(),
             "environment": default,
@@ -115,7 +111,7 @@ async def refresh_webhook(request: web.Request) -> web.Response:
     if not hmac.compare_digest(offered.encode(errors="replace"), f"sha256={digest}".encode()):
         raise ApiError(401, "UNAUTHORIZED", f"missing or invalid {SIGNATURE_HEADER}")
     request.app[REFRESHER].trigger()
-    return _json({"status": "refresh scheduled"}, status=202)
+    return json_response({"status": "refresh scheduled"}, status=202)
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -11,11 +11,10 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiohttp import web
 
 from rules.model import Event
-from service.errors import ApiError, invalid
+from service.errors import ApiError, invalid, json_response
 from service.events.pipeline import Pipeline
 from service.events.records import conversion_record, events_in, new_uuids, odp_record
 from service.events.sessions import NUMBER, outcomes_of
@@ -32,7 +31,7 @@ _SCALARS = (str, int, float, bool)
 
 def _accepted(uuid: str, recorded: bool) -> web.Response:
     body = {"status": "accepted" if recorded else "discarded", "uuid": uuid}
-    return web.Response(body=orjson.dumps(body), status=202, content_type="application/json")
+    return json_response(body, 202)
 
 
 def _text(body: Mapping[str, Any], name: str, *, default: str | None = None) -> str:
@@ -220,7 +219,7 @@ class Tracking:
         )
         self.pipeline.flush()
         body = {"visitor_code": visitor, "flushed": pending}
-        return web.Response(body=orjson.dumps(body), status=202, content_type="application/json")
+        return json_response(body, 202)
 
 
 def _visitor_of(item: object) -> str | None:
