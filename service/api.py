@@ -1,8 +1,7 @@
-"""The decision API under ``/v1``: flags, variations, decisions, active state, variables.
+"""The decision API under ``/v1``: decisions, active state, variables.
 
 Every handler reads the current snapshot once, so a request sees one ruleset throughout.
-Decisions are shared, immutable values, so each is serialized once per snapshot and the
-bytes are reused: a response over hundreds of flags is mostly a join of cached fragments.
+Answers are pasted from decisions serialized once per snapshot (``service.bodies``).
 
 Handlers are methods of ``Serving``, which holds what they need directly: looking things up
 on the application per request costs more than a decision does.
@@ -10,15 +9,14 @@ on the application per request costs more than a decision does.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiohttp import web
 from aiohttp.hdrs import REFERER, USER_AGENT  # istr: looked up without case folding
 
 import rules
-from service.errors import ApiError, json_response
+from service.bodies import constant_exposures, constant_part, decide_body, encoded, members
+from service.errors import json_response
 from service.events.queue import Recorder
 from service.metrics import Metrics
 from service.payloads import (
@@ -34,18 +32,9 @@ from service.store import RulesStore, Snapshot
 if TYPE_CHECKING:
     from service.app import GuardedRouter
 
-__all__ = ["Serving", "encoded"]
+__all__ = ["Serving"]
 
 JSON = "application/json"
-
-
-def encoded(snapshot: Snapshot, decision: rules.Decision) -> bytes:
-    """The decision as JSON bytes, serialized once per snapshot."""
-    key = id(decision)  # stable: every decision lives as long as its compiled ruleset
-    data = snapshot.encoded.get(key)
-    if data is None:
-        data = snapshot.encoded[key] = orjson.dumps(decision.as_dict())
-    return data
 
 
 class Serving:
@@ -77,14 +66,9 @@ class Serving:
             router.add("POST", path, handler)
             router.add("GET", path, handler)
         router.add("POST", "/v1/decide", self.decide_many)
-        router.add("GET", "/v1/flags", self.list_flags)
-        router.add("GET", "/v1/flags/{flag}/variations", self.list_variations)
 
     def snapshot(self) -> Snapshot:
-        snapshot = self.store.current
-        if snapshot is None:
-            raise ApiError(503, "NOT_READY", "no rules have been loaded yet")
-        return snapshot
+        return self.store.served()
 
     async def query(self, request: web.Request, *, many: bool = False) -> DecisionQuery:
         if request.method == "GET":
@@ -169,14 +153,14 @@ class Serving:
         environment = query.environment or self.environment
         errors: dict[str, Any] = {}
         if query.flags is None:  # every flag: the part that is the same for all is ready-made
-            constant, reasons = self._constant_part(snapshot, environment, query.active_only)
+            constant, reasons = constant_part(snapshot, environment, query.active_only)
             decisions = ruleset.decide_varying(query.visitor_code, query.context, environment)
             if query.active_only:
                 decisions = {key: d for key, d in decisions.items() if d.active}
             self.tally.update(reasons)
             self.metrics.count_decisions(decisions.values())
             if query.track and self.recorder is not None:
-                exposed = self._constant_exposures(snapshot, environment, query.active_only)
+                exposed = constant_exposures(snapshot, environment, query.active_only)
                 self.recorder.expose_all(
                     query.visitor_code,
                     (*exposed, *decisions.values()),
@@ -188,7 +172,7 @@ class Serving:
             parts = members(snapshot, decisions)
             if constant:  # not first or last: those get the head and tail (_decide_response)
                 parts.insert(1, constant)
-            return self._decide_response(query, ruleset.revision, parts, errors)
+            return decide_body(query, ruleset.revision, parts, errors)
         else:
             decisions = {}
             for key in query.flags:  # a flag removed from the rules must not fail the others
@@ -210,96 +194,4 @@ class Serving:
                 request.headers.get(REFERER),
                 ruleset.revision,
             )
-        return self._decide_response(query, ruleset.revision, members(snapshot, decisions), errors)
-
-    @staticmethod
-    def _decide_response(
-        query: DecisionQuery, revision: str, parts: list[bytes], errors: dict[str, Any]
-    ) -> web.Response:
-        """The body from ``"flag":{decision}`` members (``parts``, each one or more of them),
-        copied once: a body over hundreds of flags is tens of KiB, and every ``+`` or join
-        of the whole would copy all of it again."""
-        head = orjson.dumps({"visitor_code": query.visitor_code, "revision": revision})
-        head = head[:-1] + b',"decisions":{'
-        tail = b'},"errors":' + orjson.dumps(errors) + b"}" if errors else b"}}"
-        if not parts:
-            body = head + tail
-        else:  # the head and tail join the first and last parts, which are small
-            parts[0] = head + parts[0]
-            parts[-1] = parts[-1] + tail
-            body = b",".join(parts)
-        return web.Response(body=body, content_type=JSON)
-
-    @staticmethod
-    def _constant_part(
-        snapshot: Snapshot, environment: str | None, active_only: bool
-    ) -> tuple[bytes, Counter[str]]:
-        """The encoded members and reason counts of the flags that answer everyone alike,
-        built once per snapshot, environment and active_only."""
-        key = (environment, active_only)
-        part = snapshot.constant_parts.get(key)
-        if part is None:
-            constants = {
-                flag: decision
-                for flag, decision in snapshot.ruleset.constant_decisions(environment).items()
-                if decision.active or not active_only
-            }
-            reasons = Counter(str(decision.reason) for decision in constants.values())
-            part = (b",".join(members(snapshot, constants)), reasons)
-            snapshot.constant_parts[key] = part
-        return part
-
-    @staticmethod
-    def _constant_exposures(
-        snapshot: Snapshot, environment: str | None, active_only: bool
-    ) -> tuple[rules.Decision, ...]:
-        """The constant decisions that are exposures (they have a rule), once per snapshot."""
-        key = (environment, active_only)
-        exposed = snapshot.constant_exposures.get(key)
-        if exposed is None:
-            exposed = snapshot.constant_exposures[key] = tuple(
-                decision
-                for decision in snapshot.ruleset.constant_decisions(environment).values()
-                if decision.rule is not None and (decision.active or not active_only)
-            )
-        return exposed
-
-    async def list_flags(self, request: web.Request) -> web.Response:
-        ruleset = self.snapshot().ruleset
-        return json_response({"revision": ruleset.revision, "flags": list(ruleset.flag_keys)})
-
-    async def list_variations(self, request: web.Request) -> web.Response:
-        ruleset = self.snapshot().ruleset
-        key = request.match_info["flag"]
-        flag = ruleset.flag(key)
-        variables = ruleset.variations(key)
-        variations = {
-            name: {
-                "id": variation.id,
-                "value": variation.value if variation.has_value else name != "off",
-                "variables": variables[name],
-            }
-            for name, variation in flag.variations.items()
-        }
-        return json_response(
-            {
-                "flag": key,
-                "revision": ruleset.revision,
-                "default": flag.default,
-                "variations": variations,
-            }
-        )
-
-
-def members(snapshot: Snapshot, decisions: dict[str, rules.Decision]) -> list[bytes]:
-    """The ``"key":{decision}`` members of ``decisions``, each built once per snapshot."""
-    cache = snapshot.members
-    try:  # (a comprehension: a tenth faster here than map over cache.__getitem__)
-        return [cache[id(decision)] for decision in decisions.values()]
-    except KeyError:  # some not built yet: build them, once
-        for decision in decisions.values():
-            if id(decision) not in cache:  # keys are JSON-safe (the format's key pattern)
-                cache[id(decision)] = (
-                    b'"' + decision.flag.encode() + b'":' + encoded(snapshot, decision)
-                )
-        return [cache[id(decision)] for decision in decisions.values()]
+        return decide_body(query, ruleset.revision, members(snapshot, decisions), errors)

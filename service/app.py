@@ -22,6 +22,7 @@ from aiohttp import web
 import rules
 from service import heap, ops, redaction
 from service.api import Serving
+from service.catalog import Catalog
 from service.errors import ApiError, error_response, from_rules_error
 from service.events.pipeline import Pipeline
 from service.events.sinks import parse_sink
@@ -81,6 +82,7 @@ def create_app(settings: Settings) -> web.Application:
     recorder = pipeline.recorder if pipeline.workers else None
     serving = Serving(store, metrics, app[LIMITS], settings.environment, recorder)
     serving.add_routes(router)
+    Catalog(store).add_routes(router)
     Tracking(store, pipeline, app[LIMITS]).add_routes(router)
     Ofrep(serving, settings.refresh_interval).add_routes(router)
     ops.add_routes(router)

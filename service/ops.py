@@ -47,9 +47,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    snapshot = request.app[STORE].current
-    if snapshot is None:
-        raise ApiError(503, "NOT_READY", "no rules have been loaded yet")
+    snapshot = request.app[STORE].served()
     return json_response({"status": "ready", "revision": snapshot.ruleset.revision})
 
 

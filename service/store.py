@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import rules
+from service.errors import ApiError
 from service.instants import iso
 from service.redaction import redact
 
@@ -70,6 +71,13 @@ class RulesStore:
         #: Refresh attempts by result: a new ruleset loaded, nothing changed, failed.
         self.refreshes = {"loaded": 0, "unchanged": 0, "failed": 0}
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+
+    def served(self) -> Snapshot:
+        """The current snapshot; 503 NOT_READY before any rules were loaded."""
+        snapshot = self.current
+        if snapshot is None:
+            raise ApiError(503, "NOT_READY", "no rules have been loaded yet")
+        return snapshot
 
     def swap(self, ruleset: rules.Ruleset, origin: str) -> Snapshot:
         """Serve ``ruleset`` from now on and tell every subscriber."""

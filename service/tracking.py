@@ -84,9 +84,7 @@ class Tracking:
         router.add("POST", "/v1/odp/events", self.odp_event)
 
     def _declared(self) -> tuple[Mapping[str, Event], str]:
-        snapshot = self.store.current
-        if snapshot is None:
-            raise ApiError(503, "NOT_READY", "no rules have been loaded yet")
+        snapshot = self.store.served()
         return snapshot.ruleset.events, snapshot.ruleset.revision
 
     def _record(self, record: dict[str, Any]) -> web.Response:
