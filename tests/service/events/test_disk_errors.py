@@ -19,7 +19,7 @@ import pytest
 
 from service.events.sinks import FileSink
 from tests.service.conftest import DEMO
-from tests.service.test_delivery import conversion, eventually, make_pipeline, sample
+from tests.service.events.test_delivery import conversion, eventually, make_pipeline, sample
 
 
 @pytest.fixture
