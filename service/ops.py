@@ -4,7 +4,6 @@ webhook and the OpenAPI document."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import hmac
 from pathlib import Path
@@ -113,9 +112,10 @@ async def refresh_webhook(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.Response(body=_openapi_document(), content_type=JSON)
+    global _openapi_document  # noqa: PLW0603  # read once, off the loop, then kept
+    if _openapi_document is None:
+        _openapi_document = await asyncio.to_thread(OPENAPI_PATH.read_bytes)
+    return web.Response(body=_openapi_document, content_type=JSON)
 
 
-@functools.cache
-def _openapi_document() -> bytes:
-    return OPENAPI_PATH.read_bytes()
+_openapi_document: bytes | None = None

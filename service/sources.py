@@ -48,8 +48,8 @@ class FileSource:
         self._seen: tuple[int, int, int] | None = None
 
     async def fetch(self) -> bytes | None:
-        try:
-            info = os.stat(self.path)
+        try:  # in a thread, like the read: a stat of a network file system can hang
+            info = await asyncio.to_thread(os.stat, self.path)
         except OSError as error:
             raise SourceError(f"cannot read {self.path}: {error.strerror}") from None
         stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
