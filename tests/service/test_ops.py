@@ -130,3 +130,20 @@ async def test_slow_subscriber_is_dropped_not_waited_for() -> None:
         store.swap(ruleset, "source")
     assert DROPPED is slow.get_nowait()
     assert slow.empty()
+
+
+def test_a_metrics_scrape_renders_the_counts_of_the_moment_it_was_taken() -> None:
+    """The renderer snapshot() returns (run in a thread) shows the counts copied on the loop,
+    whatever the loop counts meanwhile."""
+    from service.metrics import Metrics
+    from service.store import RulesStore
+
+    metrics = Metrics(RulesStore("test"))
+    metrics.requests.record("decide", "POST", 200, 0.001)
+    metrics.decision_tally["SPLIT"] += 1
+    render = metrics.snapshot()
+    metrics.requests.record("decide", "POST", 200, 0.001)
+    metrics.decision_tally["SPLIT"] += 5
+    text = render().decode()
+    assert 'flagpost_http_requests_total{method="POST",route="decide",status="200"} 1.0' in text
+    assert 'flagpost_decisions_total{reason="SPLIT"} 1.0' in text

@@ -59,6 +59,25 @@ async def test_timer_refresh_follows_changes_and_failures(start: AppFactory) -> 
         await eventually(recovered)
         metrics = (await api.get("/metrics")).body.decode()
         assert 'flagpost_rules_refreshes_total{result="failed"}' in metrics
+        config = (await api.get("/v1/config")).body
+        assert None is config["last_error"]  # a later success ends the failure...
+        assert "HTTP 500" in config["previous_error"]["message"]  # ...which stays as history
+
+
+async def test_polls_of_an_unchanged_file_are_counted_apart_from_loads(
+    start: AppFactory, tmp_path: Path
+) -> None:
+    """A rules file polled while it does not change counts as unchanged, not as a load."""
+    rules_file = tmp_path / "rules.json"
+    rules_file.write_bytes(DEMO.read_bytes())
+    async with start(rules=str(rules_file), refresh_interval=0.05) as api:
+
+        async def polled() -> bool:
+            return bool((await api.get("/v1/config")).body["refreshes"]["unchanged"] >= 3)
+
+        await eventually(polled)
+        config = (await api.get("/v1/config")).body
+        assert (1, 0) == (config["refreshes"]["loaded"], config["refreshes"]["failed"])
 
 
 async def test_invalid_document_never_replaces_the_served_one(start: AppFactory) -> None:

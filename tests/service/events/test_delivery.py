@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -427,3 +428,45 @@ def test_batches_are_cut_at_the_batch_size() -> None:
     taken = [o for items, _ in cut for item in items if isinstance(item, tuple) for o in item[3]]
     assert list(outcomes) == taken
     assert not backlog
+
+
+async def test_a_flush_hands_the_backlog_to_the_flusher_instead_of_building_it(
+    tmp_path: Path,
+) -> None:
+    """flush() (the flush endpoint, a full queue) builds nothing itself: the flusher builds
+    the backlog in slices afterwards, and every event still arrives once, in order."""
+    sink = FileSink(tmp_path / "events", max_bytes=10**8)
+    pipeline = make_pipeline(tmp_path, [sink], batch_size=500, flush_interval=3600.0)
+    await pipeline.start()
+    sent = []
+    for number in range(5_000):
+        record = conversion(f"v-{number}")
+        sent.append(record["uuid"])
+        pipeline.queue.items.append(record)  # queued without waking the flusher
+        pipeline.queue.events += 1
+    assert 5_000 == pipeline.flush()
+    worker = pipeline.workers[0]
+    assert (0, None) == (len(worker.outbox), pipeline._building)  # nothing built in the call
+    await eventually(lambda: worker.delivered == 5_000)
+    await pipeline.stop()
+    lines = [json.loads(line) for path in sorted((tmp_path / "events").glob("*.jsonl"))
+             for line in path.read_text().splitlines()]  # fmt: skip
+    assert sent == [line["uuid"] for line in lines]
+
+
+async def test_the_file_sink_touches_the_disk_off_the_event_loop(tmp_path: Path) -> None:
+    """Every write of the file sink runs in its own thread, never the event loop's."""
+    sink = FileSink(tmp_path / "events", max_bytes=10**6)
+    threads: list[str] = []
+    write = sink._write
+
+    def watched(data: bytes) -> None:
+        threads.append(threading.current_thread().name)
+        write(data)
+
+    sink._write = watched  # type: ignore[method-assign]
+    await sink.open()
+    await sink.send(Batch.of([{"kind": "odp", "n": 1}]))
+    await sink.close()
+    assert 1 == len(threads)
+    assert threads[0].startswith("flagpost-file-sink")
