@@ -252,19 +252,28 @@ class Settings:
         "FLAGPOST_SESSION_TTL", _positive, 1800.0, "seconds a visitor session lasts when idle"
     )
     session_limit: int = _setting(
-        "FLAGPOST_SESSION_LIMIT", _count, 500_000, "most visitor sessions kept in memory"
+        "FLAGPOST_SESSION_LIMIT",
+        _count,
+        500_000,
+        "most visitor sessions in memory (a 64th per table)",
     )
     batch_size: int = _setting(
-        "FLAGPOST_BATCH_SIZE", _count, 500, "events per batch: a full batch is flushed at once"
+        "FLAGPOST_BATCH_SIZE", _count, 500, "most events per batch: as many queued are flushed"
     )
     flush_interval: float = _setting(
         "FLAGPOST_FLUSH_INTERVAL", _positive, 1.0, "seconds before a partial batch is flushed"
     )
     queue_size: int = _setting(
-        "FLAGPOST_QUEUE_SIZE", _count, 100_000, "events held in memory before spilling to spools"
+        "FLAGPOST_QUEUE_SIZE",
+        _count,
+        100_000,
+        "events queued before they go to the flusher at once",
     )
     sink_timeout: float = _setting(
-        "FLAGPOST_SINK_TIMEOUT", _positive, 10.0, "seconds a batch is retried before spooling"
+        "FLAGPOST_SINK_TIMEOUT",
+        _positive,
+        10.0,
+        "seconds a batch is retried before the sink is down",
     )
     spool_dir: str = _setting(
         "FLAGPOST_SPOOL_DIR", _text, ".flagpost/spool", "where undeliverable batches are kept"
