@@ -160,7 +160,9 @@ async def outage(decisions: list[rules.Decision], count: int) -> list[float]:
     return lags
 
 
-class _Source:
+class HandedSource:
+    """A rules source that hands over whatever document was put in ``data``, once."""
+
     description = "bench"
     poll_interval = None
 
@@ -177,7 +179,7 @@ class _Source:
 
 async def swap(flags: int) -> list[float]:
     with tempfile.TemporaryDirectory() as directory:
-        source, store = _Source(), RulesStore("bench")
+        source, store = HandedSource(), RulesStore("bench")
         options: dict[str, Any] = {"interval": 3600.0}
         if "max_flags" in inspect.signature(Refresher).parameters:
             options["max_flags"] = 10**6

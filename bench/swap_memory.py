@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.generate import generate
+from bench.stalls import HandedSource
 from service.logs import configure_logging
 from service.refresher import Refresher
 from service.store import DiskCache, RulesStore
@@ -34,27 +35,12 @@ def rss_mb() -> float:
     return float("nan")
 
 
-class Source:
-    description = "bench"
-    poll_interval = None
-
-    def __init__(self) -> None:
-        self.data: bytes | None = None
-
-    async def fetch(self) -> bytes | None:
-        data, self.data = self.data, None
-        return data
-
-    async def close(self) -> None:
-        return None
-
-
 async def run(flags: int, swaps: int) -> None:
     configure_logging("json", "warning")
     demo = DEMO.read_bytes()
     big = json.dumps(generate(flags)).encode()
     with tempfile.TemporaryDirectory() as directory:
-        source, store = Source(), RulesStore("bench")
+        source, store = HandedSource(), RulesStore("bench")
         refresher = Refresher(
             source,  # type: ignore[arg-type]
             store,
