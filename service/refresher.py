@@ -99,8 +99,9 @@ class Refresher:
             data = await self.source.fetch()
             if data is None:
                 result = "unchanged"
+                self._succeeded(changed=False)
             else:
-                await self._install(data, origin="source")
+                await self._install(data, origin="source")  # the success is noted at the swap
                 await self._save(data)
                 result = "updated"
         except (SourceError, rules.InvalidRuleset) as error:
@@ -110,16 +111,19 @@ class Refresher:
             result = "failed"
             log.exception("refresh_crashed")
             self._fail(f"internal error: {type(error).__name__}")
-        else:
-            self._failures_in_a_row = 0
-            self.store.record_success(changed=result == "updated")
         self._on_result(result)
         return result
+
+    def _succeeded(self, *, changed: bool) -> None:
+        self._failures_in_a_row = 0
+        self.store.record_success(changed=changed)
 
     async def _install(self, data: bytes, origin: str) -> None:
         ruleset = await load_cooperatively(data, self.max_flags)
         previous = self.store.current
         self.store.swap(ruleset, origin)
+        if origin == "source":  # in the same step as the swap: /v1/config never shows the
+            self._succeeded(changed=True)  # new revision beside the error it ended
         log.info(
             "rules_loaded",
             revision=ruleset.revision,
