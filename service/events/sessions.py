@@ -17,9 +17,10 @@ A session is made for every new visitor, on the decision path, where the cyclic 
 collector's work is what costs most once there are many sessions. So a session is one flat
 tuple ``(number, expires, *outcomes)`` of plain values (an outcome is a decision's
 ``Decision.outcome`` text), replaced whenever it changes: the collector stops tracking such a
-tuple the first time it sees it, and the table itself, made with the app before start-up's
-``gc.freeze()``, is never walked either. A session's id is only spelled out (``id_of``) when
-a record is built in the background.
+tuple the first time it sees it, and the table itself is frozen at start-up
+(``service.heap.freeze_start_up``: an empty dict is not tracked, so a plain ``gc.freeze()``
+would miss it), so it is never walked either. A session's id is only spelled out
+(``id_of``) when a record is built in the background.
 
 A returning visitor is the common case, so a session active within the last hundredth of the
 window is not touched again for an exposure it already holds: no write, no allocation. A
