@@ -54,6 +54,8 @@ LONGEST_RETRY = 5.0
 LONGEST_PAUSE = 30.0
 #: Seconds an unacknowledged batch is kept in memory alone before it is also written to disk.
 ACK_BOUND = 1.0
+#: What ``SinkWorker._spool`` answers when the spool is at its cap.
+FULL = "full"
 
 
 class SinkWorker:
@@ -254,19 +256,20 @@ class SinkWorker:
             and self._sending_spooled is None
             and now - self._sending_since >= self.ack_bound
         ):
-            path = await self._spool(self._sending)
+            path = await self._spool(self._sending, in_flight=True)
             if path is None:
                 return
-            self._sending_spooled = path
+            if isinstance(path, Path):  # a full spool leaves it to its send: if the sink is
+                self._sending_spooled = path  # down, it comes back to the outbox, dropped there
         while self.outbox and (everything or now - self.outbox[0][0] >= self.ack_bound):
             if await self._spool(self.outbox[0][1]) is None:
                 return
             self.outbox.popleft()
 
-    async def _spool(self, batch: Batch) -> Path | None:
+    async def _spool(self, batch: Batch, *, in_flight: bool = False) -> Path | str | None:
         """Write ``batch`` to the spool; its path, or None if the disk failed (the batch
-        stays where it is, and is tried again). Past the spool's cap it is dropped and counted
-        (the path is then the spool's directory: nothing more to keep)."""
+        stays where it is, and is tried again), or ``FULL`` past the spool's cap: then a
+        waiting batch is dropped, counted and logged, and one being sent is left alone."""
         try:
             path = await self._on_disk(self.spool.append, batch)
         except OSError as error:
@@ -278,6 +281,8 @@ class SinkWorker:
             self._error_ended()
             log.info("events_disk_recovered", sink=self.name)
         if path is None:
+            if in_flight:
+                return FULL
             EventStats.count(self.stats.dropped, batch, self.name)
             log.error(
                 "events_dropped_spool_full",
@@ -286,7 +291,7 @@ class SinkWorker:
                 spool_bytes=self.spool.bytes,
                 max_bytes=self.spool.max_bytes,
             )
-            return self.spool.directory
+            return FULL
         EventStats.count(self.stats.spooled, batch, self.name)
         self._gauge()
         return path

@@ -470,3 +470,36 @@ async def test_the_file_sink_touches_the_disk_off_the_event_loop(tmp_path: Path)
     await sink.close()
     assert 1 == len(threads)
     assert threads[0].startswith("flagpost-file-sink")
+
+
+async def test_a_full_spool_leaves_a_hanging_send_to_finish_and_counts_only_real_drops(
+    tmp_path: Path,
+) -> None:
+    """With the spool at its cap, a batch being sent to a hanging collector is neither
+    counted as dropped nor lost: once the collector answers it is delivered, and the worker
+    goes on without an error."""
+    with running_collector() as collector:
+        collector.hang.set()
+        pipeline = make_pipeline(
+            tmp_path, [http_sink(collector)], spool_max_bytes=1024, retry_timeout=30.0
+        )
+        await pipeline.start()
+        worker = pipeline.workers[0]
+        sent = [conversion() for _ in range(5)]
+        for record in sent:
+            pipeline.accept(record)
+        pipeline.flush()
+        await eventually(worker.stalled, within=ACK_BOUND + 5)
+        await asyncio.sleep(ACK_BOUND)  # past the bound: the spool (at its cap) refused it
+        collector.hang.clear()
+        await eventually(lambda: worker.delivered == 5)
+        later = conversion()
+        pipeline.accept(later)
+        await eventually(lambda: worker.delivered == 6)
+        await pipeline.stop()
+    assert 0 == sample(
+        pipeline, "flagpost_events_dropped_total", kind="conversion", sink=worker.name
+    )
+    assert [r["uuid"] for r in [*sent, later]] == first_seen(
+        [r["uuid"] for r in collector.records()]
+    )
