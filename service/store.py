@@ -17,7 +17,7 @@ from typing import Any
 
 import rules
 from service.errors import ApiError
-from service.instants import iso
+from service.instants import iso, shown_error
 from service.redaction import redact
 
 __all__ = ["DROPPED", "DiskCache", "RulesStore", "Snapshot"]
@@ -133,8 +133,8 @@ class RulesStore:
             "loaded_at": _iso(snapshot.loaded_at) if snapshot else None,
             "flag_count": len(snapshot.ruleset.flag_keys) if snapshot else 0,
             "last_refresh_at": _iso(self.last_refresh_at),
-            "last_error": _error(self.last_error),
-            "previous_error": _error(self.previous_error),
+            "last_error": shown_error(self.last_error),
+            "previous_error": shown_error(self.previous_error),
             "refreshes": dict(self.refreshes),
         }
 
@@ -171,7 +171,3 @@ class DiskCache:
 
 def _iso(moment: float | None) -> str | None:
     return None if moment is None else iso(moment)
-
-
-def _error(error: tuple[str, float] | None) -> dict[str, str] | None:
-    return None if error is None else {"message": error[0], "at": iso(error[1])}

@@ -40,7 +40,7 @@ from service.events.records import Batch
 from service.events.sinks import DeliveryError, Rejected, Sink
 from service.events.spool import Spool
 from service.events.stats import EventStats
-from service.instants import iso
+from service.instants import iso, shown_error
 from service.logs import get_logger
 from service.redaction import redact
 
@@ -127,8 +127,8 @@ class SinkWorker:
             "sink": self.name,
             "healthy": self.down_since is None and not stalled and not self._disk_failing,
             "down_since": iso(self.down_since) if self.down_since is not None else None,
-            "last_error": _error(last_error),
-            "previous_error": _error(self.previous_error),
+            "last_error": shown_error(last_error),
+            "previous_error": shown_error(self.previous_error),
             "outbox_batches": len(self.outbox) + (self._sending is not None),
             "spool_batches": len(self.spool),
             "spool_bytes": self.spool.bytes,
@@ -401,7 +401,3 @@ class SinkWorker:
     def _gauge(self) -> None:
         self.stats.spool_batches.labels(self.name).set(len(self.spool))
         self.stats.spool_bytes.labels(self.name).set(self.spool.bytes)
-
-
-def _error(error: tuple[str, float] | None) -> dict[str, str] | None:
-    return None if error is None else {"message": error[0], "at": iso(error[1])}
