@@ -17,7 +17,7 @@ def held(sessions: Sessions, visitor: str) -> Session:
 
 def test_an_exposure_is_new_once_per_session() -> None:
     """The same key is new once; another key is new too; both stay in the session, in order."""
-    sessions = Sessions(ttl=60, limit=10)
+    sessions = Sessions(ttl=60, limit=10_000)
     first = sessions.expose("v", 0.0, KEY)
     assert first is not None
     assert None is sessions.expose("v", 1.0, KEY)
@@ -27,7 +27,7 @@ def test_an_exposure_is_new_once_per_session() -> None:
 
 def test_a_session_expires_after_its_last_activity() -> None:
     """Activity extends the window; after ttl idle seconds the next exposure opens a new one."""
-    sessions = Sessions(ttl=60, limit=10)
+    sessions = Sessions(ttl=60, limit=10_000)
     number = sessions.expose("v", 0.0, KEY)
     assert None is sessions.expose("v", 50.0, KEY)  # extended to 110
     assert None is sessions.expose("v", 100.0, KEY)
@@ -38,7 +38,7 @@ def test_a_session_expires_after_its_last_activity() -> None:
 def test_a_repeat_within_a_hundredth_of_the_window_leaves_the_session_as_it_is() -> None:
     """A repeat soon after the last activity writes nothing; a later repeat extends the
     session, so it ends between 99% and 100% of the window after the last activity."""
-    sessions = Sessions(ttl=100, limit=10)
+    sessions = Sessions(ttl=100, limit=10_000)
     number = sessions.expose("v", 0.0, KEY)
     before = held(sessions, "v")
     assert None is sessions.expose("v", 0.5, KEY)
@@ -51,7 +51,7 @@ def test_a_repeat_within_a_hundredth_of_the_window_leaves_the_session_as_it_is()
 
 def test_a_number_or_expiry_never_passes_for_an_outcome() -> None:
     """Searching the whole session tuple finds outcomes only."""
-    sessions = Sessions(ttl=60, limit=10)
+    sessions = Sessions(ttl=60, limit=10_000)
     number = sessions.expose("v", 0.0, KEY)
     assert number is not None
     assert number == sessions.expose("v", 0.1, str(number))
@@ -67,7 +67,7 @@ def test_expose_all_returns_only_outcomes_new_to_the_session() -> None:
     decisions = list(ruleset.decide_all("visitor-7", {"geo": {"country": "FR"}}).values())
     ruled = [decision for decision in decisions if decision.rule is not None]
     assert ruled, "the demo has flags answered by rules"
-    sessions = Sessions(ttl=60, limit=10)
+    sessions = Sessions(ttl=60, limit=10_000)
     number, fresh, repeated = sessions.expose_all("visitor-7", 0.0, decisions)
     assert (tuple(d.outcome for d in ruled), 0) == (fresh, repeated)
     assert (number, (), len(ruled)) == sessions.expose_all("visitor-7", 0.1, decisions)
@@ -77,7 +77,7 @@ def test_expose_all_returns_only_outcomes_new_to_the_session() -> None:
 
 def test_sweeping_forgets_expired_sessions_only() -> None:
     """Sweep removes the sessions idle for longer than ttl and keeps the others."""
-    sessions = Sessions(ttl=60, limit=10)
+    sessions = Sessions(ttl=60, limit=10_000)
     sessions.touch("old", 0.0)
     sessions.touch("recent", 30.0)
     sessions.touch("old-but-active", 0.0)
@@ -113,7 +113,7 @@ def test_a_growing_table_grows_a_shard_at_a_time() -> None:
 
 def test_session_ids_are_distinct() -> None:
     """Two processes' and two sessions' ids differ."""
-    one, two = Sessions(ttl=60, limit=10), Sessions(ttl=60, limit=10)
+    one, two = Sessions(ttl=60, limit=10_000), Sessions(ttl=60, limit=10_000)
     a, b = one.touch("a", 0.0)[NUMBER], one.touch("b", 0.0)[NUMBER]
     assert one.id_of(a) != one.id_of(b)
     assert one.id_of(a) != two.id_of(two.touch("a", 0.0)[NUMBER])
@@ -129,7 +129,7 @@ def test_sessions_hold_nothing_the_garbage_collector_has_to_track() -> None:
 
     ruleset = rules.load(DEMO_PATH.read_bytes())
     decisions = list(ruleset.decide_all("visitor-9", {"geo": {"country": "FR"}}).values())
-    sessions = Sessions(ttl=60, limit=10)
+    sessions = Sessions(ttl=60, limit=10_000)
     sessions.expose_all("visitor-9", 0.0, decisions)
     sessions.expose("visitor-8", 0.0, KEY)
     gc.collect()
@@ -164,11 +164,16 @@ def test_the_recorders_own_path_for_new_visitors_keeps_sessions_as_sessions_does
     recorder = Recorder(queue, sessions)
     for number in range(150):
         recorder.expose(f"visitor-{number}", decision, {}, None, None, "r1")
-    recorder.expose("visitor-149", decision, {}, None, None, "r1")
-    assert (150, 1) == (len(queue), recorder.repeated)
+    # Shards are chosen by hash, which changes from run to run: a newcomer is put in
+    # visitor-0's shard on purpose, so the oldest session there must go.
+    first = sessions.shard("visitor-0")
+    newcomer = next(c for n in range(10_000) if sessions.shard(c := f"new-{n}") is first)
+    recorder.expose(newcomer, decision, {}, None, None, "r1")
+    recorder.expose(newcomer, decision, {}, None, None, "r1")
+    assert (151, 1) == (len(queue), recorder.repeated)
     assert len(sessions) <= 100
     assert None is sessions.get("visitor-0")
-    assert (decision.outcome,) == outcomes_of(held(sessions, "visitor-149"))
-    assert None is sessions.expose("visitor-149", 1.0, decision.outcome)
+    assert (decision.outcome,) == outcomes_of(held(sessions, newcomer))
+    assert None is sessions.expose(newcomer, 1.0, decision.outcome)
     numbers = {item[2] for item in queue.items if isinstance(item, tuple)}
-    assert 150 == len(numbers)  # every session its own number
+    assert 151 == len(numbers)  # every session its own number
