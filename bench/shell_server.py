@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import orjson
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -21,8 +22,8 @@ from service import api
 from service.cli import main
 
 
-async def fixed_answer(self: api.Serving, request: web.Request) -> web.Response:
-    await request.read()  # like the bare handler, take the body off the wire
+async def fixed_answer(self: api.Serving, request: web.BaseRequest, flag: str) -> web.Response:
+    orjson.loads(await request.read())  # like the bare handler, parse the body
     return web.Response(body=BODY, content_type="application/json")
 
 

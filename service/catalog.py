@@ -11,7 +11,7 @@ from service.errors import json_response
 from service.store import RulesStore
 
 if TYPE_CHECKING:
-    from service.app import GuardedRouter
+    from service.shell import Shell
 
 __all__ = ["Catalog"]
 
@@ -22,17 +22,16 @@ class Catalog:
     def __init__(self, store: RulesStore) -> None:
         self.store = store
 
-    def add_routes(self, router: GuardedRouter) -> None:
+    def add_routes(self, router: Shell) -> None:
         router.add("GET", "/v1/flags", self.list_flags)
         router.add("GET", "/v1/flags/{flag}/variations", self.list_variations)
 
-    async def list_flags(self, request: web.Request) -> web.Response:
+    async def list_flags(self, request: web.BaseRequest) -> web.Response:
         ruleset = self.store.served().ruleset
         return json_response({"revision": ruleset.revision, "flags": list(ruleset.flag_keys)})
 
-    async def list_variations(self, request: web.Request) -> web.Response:
+    async def list_variations(self, request: web.BaseRequest, key: str) -> web.Response:
         ruleset = self.store.served().ruleset
-        key = request.match_info["flag"]
         flag = ruleset.flag(key)
         variables = ruleset.variations(key)
         variations = {

@@ -71,7 +71,7 @@ def json_response(
 
 
 def error_response(error: ApiError, headers: dict[str, str] | None = None) -> web.Response:
-    response = json_response(error.body(), error.status, headers)
+    response = json_response(error.body(), error.status, headers or error.headers or None)
     if error.closes:
         response.force_close()
     return response

@@ -9,9 +9,10 @@ from service.metrics import Metrics
 from service.payloads import Limits
 from service.refresher import Refresher
 from service.settings import Settings
+from service.shell import Shell
 from service.store import RulesStore
 
-__all__ = ["LIMITS", "METRICS", "PIPELINE", "REFRESHER", "SETTINGS", "STORE"]
+__all__ = ["LIMITS", "METRICS", "PIPELINE", "REFRESHER", "SETTINGS", "SHELL", "STORE"]
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", RulesStore)
@@ -19,3 +20,4 @@ REFRESHER = web.AppKey("refresher", Refresher)
 METRICS = web.AppKey("metrics", Metrics)
 LIMITS = web.AppKey("limits", Limits)
 PIPELINE = web.AppKey("pipeline", Pipeline)
+SHELL = web.AppKey("shell", Shell)

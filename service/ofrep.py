@@ -20,7 +20,7 @@ from service.errors import ApiError, json_response
 from service.payloads import MAX_VISITOR_CODE, Limits, check_context, read_json
 
 if TYPE_CHECKING:
-    from service.app import GuardedRouter
+    from service.shell import Shell
 
 __all__ = ["Ofrep"]
 
@@ -33,7 +33,7 @@ def _failure(error: ApiError, flag: str | None = None) -> web.Response:
     return json_response(body if flag is None else {"key": flag, **body}, error.status)
 
 
-async def _read_context(request: web.Request, limits: Limits) -> tuple[str, dict[str, Any]]:
+async def _read_context(request: web.BaseRequest, limits: Limits) -> tuple[str, dict[str, Any]]:
     """The targeting key and the attributes of an OFREP request."""
     try:
         body = await read_json(request, limits)
@@ -86,16 +86,15 @@ class Ofrep:
         self.serving = serving
         self.refresh_interval = refresh_interval
 
-    def add_routes(self, router: GuardedRouter) -> None:
+    def add_routes(self, router: Shell) -> None:
         router.add("POST", "/ofrep/v1/evaluate/flags/{key}", self.evaluate_one)
         router.add("POST", "/ofrep/v1/evaluate/flags", self.evaluate_all)
         router.add("GET", "/ofrep/v1/configuration", self.configuration)
 
-    def _environment(self, request: web.Request) -> str | None:
+    def _environment(self, request: web.BaseRequest) -> str | None:
         return request.query.get("environment") or self.serving.environment
 
-    async def evaluate_one(self, request: web.Request) -> web.Response:
-        flag = request.match_info["key"]
+    async def evaluate_one(self, request: web.BaseRequest, flag: str) -> web.Response:
         try:
             visitor, attributes = await _read_context(request, self.serving.limits)
         except ApiError as error:
@@ -124,7 +123,7 @@ class Ofrep:
             )
         return json_response(_success(decision, ruleset.revision))
 
-    async def evaluate_all(self, request: web.Request) -> web.Response:
+    async def evaluate_all(self, request: web.BaseRequest) -> web.Response:
         try:
             visitor, attributes = await _read_context(request, self.serving.limits)
         except ApiError as error:
@@ -155,7 +154,7 @@ class Ofrep:
             return web.Response(status=304, headers={"ETag": etag})
         return web.Response(body=body, content_type=JSON, headers={"ETag": etag})
 
-    async def configuration(self, request: web.Request) -> web.Response:
+    async def configuration(self, request: web.BaseRequest) -> web.Response:
         interval_ms = int(self.refresh_interval * 1000)
         return json_response(
             {

@@ -1,11 +1,15 @@
 """Running the service: logging, the app, the listening socket, and a graceful stop on SIGTERM
 or SIGINT.
 
-flagpost runs the application with ``web.AppRunner`` and listens itself, rather than through
-``web.run_app``, for two reasons. Each connection is handled by ``ConnectionHandler``, which
-answers a request aiohttp cannot even parse (a bad header byte, a broken Content-Length) with
-flagpost's JSON error shape instead of aiohttp's plain text that echoes the offending bytes.
-And only a failure to listen is reported as one: an error while stopping is told as itself.
+Requests are answered by the application's shell (``service.shell``) on aiohttp's low-level
+server, which ``ShellRunner`` runs with the application's lifecycle around it: what
+``web.AppRunner`` does for an application, without the application's request handling.
+
+flagpost listens itself, rather than through a ``web.TCPSite``, for two reasons. Each
+connection is handled by ``ConnectionHandler``, which answers a request aiohttp cannot even
+parse (a bad header byte, a broken Content-Length) with flagpost's JSON error shape instead of
+aiohttp's plain text that echoes the offending bytes. And only a failure to listen is reported
+as one: an error while stopping is told as itself.
 """
 
 from __future__ import annotations
@@ -20,10 +24,18 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from service.app import create_app
 from service.errors import ApiError, error_response
+from service.keys import SHELL
 from service.logs import configure_logging, get_logger
 from service.settings import Settings
 
-__all__ = ["SHUTDOWN_TIMEOUT", "ConnectionHandler", "ListenError", "new_event_loop", "run"]
+__all__ = [
+    "SHUTDOWN_TIMEOUT",
+    "ConnectionHandler",
+    "ListenError",
+    "ShellRunner",
+    "new_event_loop",
+    "run",
+]
 
 #: Seconds open requests (and change streams) get to finish when flagpost is stopped.
 SHUTDOWN_TIMEOUT = 10.0
@@ -34,6 +46,50 @@ log = get_logger(__name__)
 
 class ListenError(OSError):
     """The address could not be listened on."""
+
+
+class ShellRunner(web.ServerRunner):
+    """Runs an application's shell (``app[SHELL].handle``) on aiohttp's low-level server, with
+    the application's lifecycle around it.
+
+    ``setup`` starts the application (its cleanup contexts, in order); ``cleanup`` stops taking
+    requests, closes idle connections, ends the change streams (``on_shutdown``), gives the
+    requests under way ``shutdown_timeout`` seconds, and then stops the application (its
+    cleanup contexts, in reverse: the events are drained last). ``server_options`` go to
+    ``web.Server`` and from it to each connection's handler.
+    """
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+        **server_options: Any,
+    ) -> None:
+        super().__init__(
+            web.Server(app[SHELL].handle, **server_options), shutdown_timeout=shutdown_timeout
+        )
+        self.app = app
+
+    async def setup(self) -> None:
+        app = self.app
+        for signal_ in (app.on_startup, app.on_shutdown, app.on_cleanup):
+            signal_.freeze()  # aiosignal sends frozen signals only
+        try:
+            await app.startup()
+        except BaseException:
+            await app.cleanup()  # the contexts already started are stopped
+            raise
+        await super().setup()
+
+    async def shutdown(self) -> None:
+        await self.app.shutdown()
+
+    async def cleanup(self) -> None:
+        try:
+            await super().cleanup()
+        finally:
+            await self.app.cleanup()
 
 
 class ConnectionHandler(web.RequestHandler):
@@ -84,12 +140,7 @@ async def serve(settings: Settings) -> None:
     """Start the app, listen, and on a stop signal stop listening, finish open requests
     (``SHUTDOWN_TIMEOUT``), then stop the app's resources (events drained last)."""
     access_log = logging.getLogger("flagpost.access") if settings.access_log else None
-    runner = web.AppRunner(
-        create_app(settings),
-        access_log=access_log,
-        keepalive_timeout=KEEPALIVE_TIMEOUT,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-    )
+    runner = ShellRunner(create_app(settings), shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     try:
         stopping = asyncio.Event()
@@ -111,9 +162,9 @@ async def serve(settings: Settings) -> None:
 
 
 async def listen(
-    runner: web.AppRunner, host: str, port: int, *, access_log: logging.Logger | None
+    runner: web.BaseRunner, host: str, port: int, *, access_log: logging.Logger | None
 ) -> asyncio.AbstractServer:
-    """Accept connections for ``runner``'s (set up) application, each handled by a
+    """Accept connections for ``runner``'s (set up) server, each handled by a
     ``ConnectionHandler``; ``runner.cleanup()`` later closes them gracefully."""
     manager = runner.server
     assert manager is not None, "runner.setup() first"

@@ -22,7 +22,7 @@ from service.payloads import Limits, check_context, check_visitor_code, read_jso
 from service.store import RulesStore
 
 if TYPE_CHECKING:
-    from service.app import GuardedRouter
+    from service.shell import Shell
 
 __all__ = ["Tracking"]
 
@@ -77,7 +77,7 @@ class Tracking:
         self.limits = limits
         self.recording = bool(pipeline.workers)
 
-    def add_routes(self, router: GuardedRouter) -> None:
+    def add_routes(self, router: Shell) -> None:
         router.add("POST", "/v1/track", self.track)
         router.add("POST", "/v1/visitors/{visitor_code}/conversions", self.convert)
         router.add("POST", "/v1/visitors/{visitor_code}/flush", self.flush)
@@ -92,7 +92,7 @@ class Tracking:
             self.pipeline.accept(record)
         return _accepted(record["uuid"], self.recording)
 
-    async def track(self, request: web.Request) -> web.Response:
+    async def track(self, request: web.BaseRequest) -> web.Response:
         body = await read_json(request, self.limits)
         refuse_unknown(body, frozenset({"event_key", "user_id", "attributes", "event_tags"}))
         event_key = _text(body, "event_key")
@@ -125,8 +125,8 @@ class Tracking:
             request, visitor, event, attributes, revenue, value, 1, tags, revision
         )
 
-    async def convert(self, request: web.Request) -> web.Response:
-        visitor = check_visitor_code(request.match_info["visitor_code"])
+    async def convert(self, request: web.BaseRequest, visitor_code: str) -> web.Response:
+        visitor = check_visitor_code(visitor_code)
         body = await read_json(request, self.limits)
         refuse_unknown(body, frozenset({"goal_id", "revenue", "negative"}))
         goal = body.get("goal_id")
@@ -151,7 +151,7 @@ class Tracking:
 
     def _conversion(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         visitor: str,
         event: Event,
         attributes: Mapping[str, Any],
@@ -182,7 +182,7 @@ class Tracking:
         )
         return self._record(record)
 
-    async def odp_event(self, request: web.Request) -> web.Response:
+    async def odp_event(self, request: web.BaseRequest) -> web.Response:
         body = await read_json(request, self.limits)
         refuse_unknown(body, frozenset({"action", "identifiers", "type", "data"}))
         action = _text(body, "action")
@@ -209,8 +209,8 @@ class Tracking:
         )
         return self._record(record)
 
-    async def flush(self, request: web.Request) -> web.Response:
-        visitor = check_visitor_code(request.match_info["visitor_code"])
+    async def flush(self, request: web.BaseRequest, visitor_code: str) -> web.Response:
+        visitor = check_visitor_code(visitor_code)
         await read_json(request, self.limits)  # a body, if any, must still be valid JSON
         pending = sum(
             events_in(item) for item in self.pipeline.queue.items if _visitor_of(item) == visitor

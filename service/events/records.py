@@ -21,7 +21,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -230,10 +230,12 @@ def batch_steps(items: list[Item], process_ms: int, session_prefix: str) -> Step
     record built by a handler one line.
 
     The JSON of each decision's part (ids, keys) is made once per batch from its outcome
-    text and shared by every row with that outcome."""
+    text and shared by every row with that outcome; the JSON of the attributes likewise,
+    once per distinct context (visitors of one kind send the same ones)."""
     prefix, row = uuid_prefix(process_ms), 0  # row: the number the next uuid ends with
     pause_at = STEP_ROWS
     decision_parts: dict[str, str] = {}
+    attribute_parts: dict[bytes, orjson.Fragment] = {}
     lines: list[str] = []
     kinds: list[str] = []
     unwritable = 0
@@ -249,8 +251,7 @@ def batch_steps(items: list[Item], process_ms: int, session_prefix: str) -> Step
                 continue
             seconds, visitor, number, exposed, context, user_agent, referer, revision = item
             outcomes = exposed if isinstance(exposed, tuple) else (exposed,)
-            if isinstance(context, bytes):
-                context = orjson.loads(context)
+            attributes = _attributes_part(context, attribute_parts)
             if row + len(outcomes) > ROWS_PER_PREFIX:
                 prefix, row = uuid_prefix(process_ms), 0
             shared = {  # what the request's rows have in common, serialized once
@@ -258,7 +259,7 @@ def batch_steps(items: list[Item], process_ms: int, session_prefix: str) -> Step
                 "process_timestamp": process_ms,
                 "session_id": f"{session_prefix}-{number:x}",
                 "visitor_id": visitor,
-                "attributes": attribute_list(context),
+                "attributes": attributes,
                 "user_agent": user_agent,
                 "referer": referer,
                 "revision": revision,
@@ -281,6 +282,30 @@ def batch_steps(items: list[Item], process_ms: int, session_prefix: str) -> Step
             unwritable += events_in(item)
             log.exception("events_unwritable", events=events_in(item))
     return Batch(tuple(lines), tuple(kinds), unwritable)
+
+
+def _attributes_part(
+    context: Mapping[str, Any] | bytes, known: dict[bytes, orjson.Fragment]
+) -> orjson.Fragment:
+    """The JSON of a queued context's attributes, from ``known`` if it was made before: its
+    key is the context's JSON (as queued when nested)."""
+    try:
+        key = context if isinstance(context, bytes) else orjson.dumps(context)
+    except orjson.JSONEncodeError:  # not JSON as it is: made, not kept
+        return _fragment(attribute_list(cast(Mapping[str, Any], context)))
+    part = known.get(key)
+    if part is None:
+        decoded = orjson.loads(key) if isinstance(context, bytes) else context
+        part = known[key] = _fragment(attribute_list(decoded))
+    return part
+
+
+def _fragment(value: Any) -> orjson.Fragment:
+    """Value as JSON, embedded as it is wherever orjson serializes it next."""
+    try:
+        return orjson.Fragment(orjson.dumps(value))
+    except orjson.JSONEncodeError:  # text orjson refuses (lone surrogates): the slow way
+        return orjson.Fragment(_dumps(value))
 
 
 def _decision_part(outcome: str) -> dict[str, Any]:

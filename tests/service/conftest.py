@@ -12,10 +12,12 @@ from typing import Any
 
 import jsonschema
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import web
+from aiohttp.test_utils import BaseTestServer, TestClient
 
 from service.app import create_app
 from service.ops import OPENAPI_PATH
+from service.server import ShellRunner
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +95,17 @@ def settings_for(tmp_path: Path, **changes: Any) -> Settings:
 AppFactory = Callable[..., AbstractAsyncContextManager[Api]]
 
 
+class ShellTestServer(BaseTestServer):
+    """aiohttp's test server running an application as flagpost runs it (``ShellRunner``)."""
+
+    def __init__(self, app: web.Application) -> None:
+        super().__init__()
+        self.app = app
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return ShellRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 def start(tmp_path: Path) -> AppFactory:
     """Start the app with settings changed as given; yields an OpenAPI-checking client."""
@@ -100,7 +113,8 @@ def start(tmp_path: Path) -> AppFactory:
     @asynccontextmanager
     async def started(**changes: Any) -> AsyncIterator[Api]:
         app = create_app(settings_for(tmp_path, **changes))
-        async with TestClient(TestServer(app)) as client:
+        client: TestClient[web.BaseRequest, None]
+        async with TestClient(ShellTestServer(app)) as client:
             yield Api(client)
 
     return started

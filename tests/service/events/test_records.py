@@ -90,6 +90,34 @@ def test_rows_keep_queue_order_and_match_the_export_fields() -> None:
     assert expected == decision_rows
 
 
+def test_each_row_has_its_own_requests_attributes_whether_queued_as_json_or_not() -> None:
+    """Attributes are made once per distinct context in a batch, yet every row carries its
+    own request's: nested contexts (queued as JSON) and flat ones (queued as dicts) alike."""
+    decision = ruled("visitor-4")[0]
+    contexts: list[Any] = [
+        b'{"geo":{"country":"FR"}}',
+        {"plan": "gold"},
+        b'{"geo":{"country":"DE"}}',
+        {"plan": "gold"},
+        b'{"geo":{"country":"FR"}}',
+        {"plan": "free"},
+    ]
+    items: list[Item] = [
+        (1.0, f"v{n}", n, decision.outcome, context, None, None, "r")
+        for n, context in enumerate(contexts)
+    ]
+    values = [[a["value"] for a in row["attributes"]] for row in batch_of(items, 0, "p").records()]
+    expected = [
+        ['{"country":"FR"}'],
+        ["gold"],
+        ['{"country":"DE"}'],
+        ["gold"],
+        ['{"country":"FR"}'],
+        ["free"],
+    ]
+    assert expected == values
+
+
 def test_undecodable_header_bytes_become_replacement_characters() -> None:
     """A header with bytes that are not UTF-8 (lone surrogates once decoded) does not fail
     the batch; the row says what could be read."""
