@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +34,7 @@ __all__ = [
     "ConnectionHandler",
     "ListenError",
     "ShellRunner",
+    "accept_on",
     "new_event_loop",
     "run",
 ]
@@ -180,6 +182,21 @@ async def listen(
         return await loop.create_server(connection, host, port, reuse_address=True, backlog=128)
     except OSError as error:
         raise ListenError(error.errno, error.strerror) from None
+
+
+async def accept_on(
+    runner: web.BaseRunner, sock: socket.socket, *, access_log: logging.Logger | None
+) -> asyncio.AbstractServer:
+    """``listen``, on a socket already listening (one a process manager hands over)."""
+    manager = runner.server
+    assert manager is not None, "runner.setup() first"
+    loop = asyncio.get_running_loop()
+    options: dict[str, Any] = {"access_log": access_log, "keepalive_timeout": KEEPALIVE_TIMEOUT}
+
+    def connection() -> ConnectionHandler:
+        return ConnectionHandler(manager, loop=loop, **options)
+
+    return await loop.create_server(connection, sock=sock, backlog=128)
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
