@@ -53,8 +53,6 @@ async def read_body(request: web.BaseRequest, limits: Limits) -> bytes:
     The body is taken from ``request.content`` with the limit applied here, not by
     ``request.read()``, whose limit is the request's ``client_max_size`` (1 MiB on aiohttp's
     low-level server, whatever ``FLAGPOST_MAX_BODY`` says)."""
-    if (request.content_length or 0) > limits.max_body:
-        raise _too_large(limits)
     content = request.content
     try:
         if content.is_eof():  # all of it has arrived (the common case): no timer, no await
@@ -62,6 +60,8 @@ async def read_body(request: web.BaseRequest, limits: Limits) -> bytes:
             if len(body) > limits.max_body:
                 raise _too_large(limits)
             return body
+        if (request.content_length or 0) > limits.max_body:  # refused before it is read
+            raise _too_large(limits)
         async with asyncio.timeout(limits.body_timeout):
             parts: list[bytes] = []
             size = 0
