@@ -99,7 +99,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400, help="requests counted")
     parser.add_argument("--warm", type=int, default=300, help="requests before counting")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 50 and 50")
     args = parser.parse_args()
+    if args.quick:
+        args.requests, args.warm = 50, 50
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
             sys.exit(f"bench/instructions.py needs {tool}: apt-get install valgrind")
