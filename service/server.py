@@ -18,6 +18,7 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -168,16 +169,8 @@ async def listen(
 ) -> asyncio.AbstractServer:
     """Accept connections for ``runner``'s (set up) server, each handled by a
     ``ConnectionHandler``; ``runner.cleanup()`` later closes them gracefully."""
-    manager = runner.server
-    assert manager is not None, "runner.setup() first"
+    connection = _connections(runner, access_log)
     loop = asyncio.get_running_loop()
-
-    # As web.run_app sets them up; aiohttp takes access_log=None for "off", as run_app does.
-    options: dict[str, Any] = {"access_log": access_log, "keepalive_timeout": KEEPALIVE_TIMEOUT}
-
-    def connection() -> ConnectionHandler:
-        return ConnectionHandler(manager, loop=loop, **options)
-
     try:
         return await loop.create_server(connection, host, port, reuse_address=True, backlog=128)
     except OSError as error:
@@ -188,15 +181,24 @@ async def accept_on(
     runner: web.BaseRunner, sock: socket.socket, *, access_log: logging.Logger | None
 ) -> asyncio.AbstractServer:
     """``listen``, on a socket already listening (one a process manager hands over)."""
+    connection = _connections(runner, access_log)
+    return await asyncio.get_running_loop().create_server(connection, sock=sock, backlog=128)
+
+
+def _connections(
+    runner: web.BaseRunner, access_log: logging.Logger | None
+) -> Callable[[], ConnectionHandler]:
+    """What makes each connection's handler for ``runner``'s server."""
     manager = runner.server
     assert manager is not None, "runner.setup() first"
     loop = asyncio.get_running_loop()
+    # As web.run_app sets them up; aiohttp takes access_log=None for "off", as run_app does.
     options: dict[str, Any] = {"access_log": access_log, "keepalive_timeout": KEEPALIVE_TIMEOUT}
 
     def connection() -> ConnectionHandler:
         return ConnectionHandler(manager, loop=loop, **options)
 
-    return await loop.create_server(connection, sock=sock, backlog=128)
+    return connection
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
