@@ -10,7 +10,8 @@ from tests.service.conftest import Api
 
 async def test_a_client_that_expects_100_continue_is_answered_at_once(api: Api) -> None:
     """curl sends ``Expect: 100-continue`` with bodies over 1 KiB and waits up to a second
-    for the interim answer before sending: it comes at once, then the decision."""
+    for the interim answer before sending: it comes before the body is sent, then the
+    decision."""
     body = json.dumps({"visitor_code": "v-1", "context": {"note": "x" * 2000}}).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", api.client.port)
     try:
@@ -20,7 +21,8 @@ async def test_a_client_that_expects_100_continue_is_answered_at_once(api: Api) 
             b"Content-Length: %d\r\n\r\n" % len(body)
         )
         await writer.drain()
-        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=0.5)
+        # Without the interim answer nothing comes at all: a generous bound, for slow CI.
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
         assert interim.startswith(b"HTTP/1.1 100 Continue")
         writer.write(body)
         await writer.drain()
