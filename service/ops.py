@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -34,24 +35,16 @@ STREAM_SEND_TIMEOUT = 5.0
 SIGNATURE_HEADER = "X-Flagpost-Signature"
 
 
+@dataclass(frozen=True, slots=True)
 class Operations:
     """The operations handlers, holding what they need."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: RulesStore,
-        metrics: Metrics,
-        pipeline: Pipeline,
-        refresher: Refresher,
-        limits: Limits,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.metrics = metrics
-        self.pipeline = pipeline
-        self.refresher = refresher
-        self.limits = limits
+    settings: Settings
+    store: RulesStore
+    metrics: Metrics
+    pipeline: Pipeline
+    refresher: Refresher
+    limits: Limits
 
     def add_routes(self, router: Shell) -> None:
         router.add("GET", "/healthz", self.healthz)

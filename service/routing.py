@@ -56,10 +56,10 @@ class _Shape:
     def __init__(self, fixed: tuple[int, ...], variables: tuple[int, ...]) -> None:
         self.fixed = fixed
         # The leading empty segment is always fixed, so there are two or more fixed positions
-        # and itemgetter returns a tuple; one variable is taken twice for the same reason.
+        # and itemgetter returns a tuple; of a single position it returns the item itself.
         self.one_variable = len(variables) == 1
         self.get_fixed = itemgetter(*fixed)
-        self.get_variables = itemgetter(*variables, *variables[:1] * self.one_variable)
+        self.get_variables = itemgetter(*variables)
         self.resources: dict[tuple[str, ...], Resource] = {}
 
 
@@ -100,11 +100,10 @@ class Router:
             resource = shape.resources.get(shape.get_fixed(segments))
             if resource is None:
                 continue
-            values: tuple[str, ...] = shape.get_variables(segments)
+            picked = shape.get_variables(segments)
+            values: tuple[str, ...] = (picked,) if shape.one_variable else picked
             if not all(values):  # a variable is never an empty segment
                 return None
-            if shape.one_variable:
-                values = values[:1]
             if "%" in path:
                 values = tuple(map(_decoded, values))
             return resource, values

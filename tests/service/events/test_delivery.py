@@ -83,6 +83,18 @@ async def eventually(check: Callable[[], bool], within: float = 15.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def accept_in_rounds(pipeline: Pipeline, rounds: int, each: int, pause: float) -> list[str]:
+    """Accept ``each`` conversions a round, pausing between rounds; their uuids in order."""
+    sent = []
+    for _ in range(rounds):
+        for _ in range(each):
+            record = conversion()
+            sent.append(record["uuid"])
+            pipeline.accept(record)
+        await asyncio.sleep(pause)
+    return sent
+
+
 def sample(pipeline: Pipeline, name: str, **labels: str) -> float:
     value = pipeline.stats.registry.get_sample_value(name, labels)
     return float(value or 0.0)
@@ -100,13 +112,7 @@ async def test_a_collector_that_fails_and_recovers_gets_every_event_in_order(
         collector.down = True
         pipeline = make_pipeline(tmp_path, [http_sink(collector)])
         await pipeline.start()
-        sent = []
-        for _ in range(10):
-            for _ in range(7):
-                record = conversion()
-                sent.append(record["uuid"])
-                pipeline.accept(record)
-            await asyncio.sleep(0.1)
+        sent = await accept_in_rounds(pipeline, rounds=10, each=7, pause=0.1)
         worker = pipeline.workers[0]
         await eventually(lambda: len(worker.spool) > 0 and worker.down_since is not None)
         collector.down = False
@@ -341,13 +347,7 @@ async def test_a_hanging_collector_gets_batches_on_disk_within_the_bound(tmp_pat
         pipeline = make_pipeline(tmp_path, [http_sink(collector)], retry_timeout=30.0)
         await pipeline.start()
         worker = pipeline.workers[0]
-        sent = []
-        for _ in range(3):
-            for _ in range(10):
-                record = conversion()
-                sent.append(record["uuid"])
-                pipeline.accept(record)
-            await asyncio.sleep(0.05)
+        sent = await accept_in_rounds(pipeline, rounds=3, each=10, pause=0.05)
         await eventually(lambda: len(worker.spool) == 3, within=ACK_BOUND + 5)
         on_disk = [
             json.loads(line)["uuid"]
