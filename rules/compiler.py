@@ -29,7 +29,19 @@ from rules.decision import Decision, Reason
 from rules.model import Document, Flag, Rule
 from rules.steps import Steps, finish
 
-__all__ = ["CompiledEnvironment", "Evaluator", "compile_document", "compile_document_steps"]
+__all__ = [
+    "VISITOR",
+    "CompiledEnvironment",
+    "Evaluator",
+    "compile_document",
+    "compile_document_steps",
+    "in_visitor",
+]
+
+#: The attribute under which a caller puts a visitor's stored data (``visitor.browser``, ...).
+#: The rules know only the name: what is stored, and where, is the caller's business.
+VISITOR = "visitor"
+VISITOR_PREFIX = VISITOR + "."
 
 Attributes = Mapping[str, Any]
 Evaluator = Callable[[str, Attributes, "float | None"], Decision]
@@ -71,6 +83,9 @@ class CompiledEnvironment:
     bucketed: list[tuple[str, tuple[VisitorRule, ...], Decision]]
     #: Flags whose answer depends on the evaluation time (so only they need the clock).
     clocked: frozenset[str]
+    #: Flags that read an attribute under ``visitor`` (the visitor's stored data, which the
+    #: caller fetches only for them), directly, through a segment or a prerequisite flag.
+    visitor_readers: frozenset[str] = frozenset()
 
 
 def compile_document(document: Document) -> dict[str, CompiledEnvironment]:
@@ -120,6 +135,7 @@ def _compile_environment(document: Document, env: str) -> Steps[CompiledEnvironm
     constants: dict[str, Decision] = {}
     conditions = _ConditionCompiler(document, evaluators)
     clocked: set[str] = set()
+    readers: set[str] = set()
     rollouts: list[tuple[str, bytes, int, Decision, Decision]] = []
     bucketed: list[tuple[str, tuple[VisitorRule, ...], Decision]] = []
     dynamic: list[tuple[str, Evaluator]] = []
@@ -128,6 +144,9 @@ def _compile_environment(document: Document, env: str) -> Steps[CompiledEnvironm
     for key, flag in document.flags.items():  # in prerequisite order
         compiled = _compile_flag(flag, env, conditions.compile)
         evaluators[key] = compiled.evaluate
+        rules = flag.rules[env]
+        if compiled.constant is None and _reads_visitor(rules, document.segments, readers):
+            readers.add(key)
         if compiled.constant is not None:
             constants[key] = compiled.constant
             yield
@@ -149,6 +168,7 @@ def _compile_environment(document: Document, env: str) -> Steps[CompiledEnvironm
         rollouts,
         bucketed,
         frozenset(clocked),
+        frozenset(readers),
     )
 
 
@@ -157,13 +177,42 @@ def _reads_clock(
 ) -> bool:
     """Whether these rules compare the evaluation time, directly, through a segment, or
     through a prerequisite flag that does (``clocked``: such flags found so far)."""
+    return _any_leaf(rules, segments, clocked, lambda leaf: leaf.attr is None)
+
+
+def _reads_visitor(
+    rules: tuple[Rule, ...], segments: Mapping[str, Condition], readers: set[str]
+) -> bool:
+    """Whether these rules read an attribute under ``visitor`` (in a condition or as the
+    bucketing unit), directly, through a segment, or through a prerequisite flag that does
+    (``readers``: such flags found so far)."""
+    if any(rule.bucket_by is not None and in_visitor(rule.bucket_by) for rule in rules):
+        return True
+    return _any_leaf(
+        rules, segments, readers, lambda leaf: leaf.attr is not None and in_visitor(leaf.attr)
+    )
+
+
+def in_visitor(attribute: str) -> bool:
+    """Whether an attribute name is the visitor's stored data or a part of it."""
+    return attribute == VISITOR or attribute.startswith(VISITOR_PREFIX)
+
+
+def _any_leaf(
+    rules: tuple[Rule, ...],
+    segments: Mapping[str, Condition],
+    flags: set[str],
+    test: Callable[[Leaf], bool],
+) -> bool:
+    """Whether a leaf of these rules' conditions passes ``test``, directly, through a segment,
+    or through a prerequisite flag in ``flags``."""
     pending = [rule.condition for rule in rules if rule.condition is not None]
     seen: set[str] = set()
     while pending:
         for node in walk(pending.pop()):
-            if isinstance(node, Leaf) and node.attr is None:
+            if isinstance(node, Leaf) and test(node):
                 return True
-            if isinstance(node, FlagRef) and node.flag in clocked:
+            if isinstance(node, FlagRef) and node.flag in flags:
                 return True
             if isinstance(node, SegmentRef) and node.name not in seen:
                 seen.add(node.name)

@@ -238,6 +238,12 @@ class Ruleset:
             decisions[key] = evaluate(visitor_code, attrs, moment)
         return decisions
 
+    def visitor_readers(self, environment: str | None = None) -> frozenset[str]:
+        """The flags whose decision reads the visitor's stored data (attributes under
+        ``visitor``) in this environment. A caller that stores such data needs to fetch it
+        only for these flags: for every other flag it cannot change the answer."""
+        return self._environment(environment).visitor_readers
+
     def variable(
         self,
         flag_key: str,
