@@ -28,6 +28,7 @@ from service.payloads import (
     read_query,
 )
 from service.store import RulesStore, Snapshot
+from service.visitors.stores import VisitorStore
 
 if TYPE_CHECKING:
     from service.shell import Shell
@@ -47,8 +48,10 @@ class Serving:
         limits: Limits,
         environment: str | None,
         recorder: Recorder | None = None,
+        visitors: VisitorStore | None = None,
     ) -> None:
         self.store = store
+        self.visitors = visitors
         self.recorder = recorder  # None when events are off
         self.limits = limits
         self.environment = environment  # the default; None means the rules' first
@@ -68,6 +71,29 @@ class Serving:
     def snapshot(self) -> Snapshot:
         return self.store.served()
 
+    async def visited(self, visitor_code: str, context: dict[str, Any]) -> dict[str, Any]:
+        """``context`` with the visitor's stored data (``visitor.*``), if there is any."""
+        assert self.visitors is not None
+        stored = await self.visitors.attributes(visitor_code)
+        return {**context, **stored} if stored else context
+
+    async def context_for(
+        self,
+        ruleset: rules.Ruleset,
+        flags: tuple[str, ...] | None,
+        visitor_code: str,
+        context: dict[str, Any],
+        environment: str | None,
+    ) -> dict[str, Any]:
+        """``context`` with the visitor's stored data when one of ``flags`` (None: every
+        flag) reads it: one store read for the whole request, none when no flag needs it."""
+        if self.visitors is None:
+            return context
+        readers = ruleset.visitor_readers(environment)
+        if not readers or (flags is not None and readers.isdisjoint(flags)):
+            return context
+        return await self.visited(visitor_code, context)
+
     async def query(self, request: web.BaseRequest, *, many: bool = False) -> DecisionQuery:
         if request.method == "GET":
             return read_query(request)
@@ -82,12 +108,11 @@ class Serving:
         else:
             query = read_decision(parse_json(await read_body(request, self.limits)), self.limits)
         snapshot = self.store.served()
-        decision = snapshot.ruleset.decide(
-            flag,
-            query.visitor_code,
-            query.context,
-            query.environment or self.environment,
-        )
+        environment = query.environment or self.environment
+        context = query.context
+        if self.visitors is not None and flag in snapshot.ruleset.visitor_readers(environment):
+            context = await self.visited(query.visitor_code, context)
+        decision = snapshot.ruleset.decide(flag, query.visitor_code, context, environment)
         self.tally[decision.reason] += 1
         if query.track and decision.rule is not None and self.recorder is not None:
             headers = request.headers
@@ -110,9 +135,11 @@ class Serving:
         ruleset = self.snapshot().ruleset
         if variable is not None and variable not in ruleset.flag(flag).variables:
             raise rules.VariableNotFound(flag, variable)
-        decision = ruleset.decide(
-            flag, query.visitor_code, query.context, query.environment or self.environment
+        environment = query.environment or self.environment
+        context = await self.context_for(
+            ruleset, (flag,), query.visitor_code, query.context, environment
         )
+        decision = ruleset.decide(flag, query.visitor_code, context, environment)
         self.tally[decision.reason] += 1
         if query.track and decision.rule is not None and self.recorder is not None:
             headers = request.headers
@@ -150,9 +177,12 @@ class Serving:
         ruleset = snapshot.ruleset
         environment = query.environment or self.environment
         errors: dict[str, Any] = {}
+        context = await self.context_for(
+            ruleset, query.flags, query.visitor_code, query.context, environment
+        )
         if query.flags is None:  # every flag: the part that is the same for all is ready-made
             constant, reasons = constant_part(snapshot, environment, query.active_only)
-            decisions = ruleset.decide_varying(query.visitor_code, query.context, environment)
+            decisions = ruleset.decide_varying(query.visitor_code, context, environment)
             if query.active_only:
                 decisions = {key: d for key, d in decisions.items() if d.active}
             self.tally.update(reasons)
@@ -175,9 +205,7 @@ class Serving:
             decisions = {}
             for key in query.flags:  # a flag removed from the rules must not fail the others
                 try:
-                    decisions[key] = ruleset.decide(
-                        key, query.visitor_code, query.context, environment
-                    )
+                    decisions[key] = ruleset.decide(key, query.visitor_code, context, environment)
                 except rules.FlagNotFound as error:
                     errors[key] = {"code": "FLAG_NOT_FOUND", "message": str(error)}
         if query.active_only:

@@ -23,7 +23,16 @@ from service.api import Serving
 from service.catalog import Catalog
 from service.events.pipeline import Pipeline
 from service.events.sinks import parse_sink
-from service.keys import LIMITS, METRICS, PIPELINE, REFRESHER, SETTINGS, SHELL, STORE
+from service.keys import (
+    LIMITS,
+    METRICS,
+    PIPELINE,
+    REFRESHER,
+    SETTINGS,
+    SHELL,
+    STORE,
+    VISITORS,
+)
 from service.metrics import Metrics
 from service.ofrep import Ofrep
 from service.ops import Operations
@@ -34,6 +43,10 @@ from service.shell import Shell
 from service.sources import open_source
 from service.store import DiskCache, RulesStore
 from service.tracking import Tracking
+from service.visitors.items import ItemLimits
+from service.visitors.redis_store import RedisVisitors
+from service.visitors.routes import VisitorData
+from service.visitors.stores import MemoryVisitors, VisitorStore
 
 __all__ = ["create_app"]
 
@@ -67,17 +80,46 @@ def create_app(settings: Settings) -> web.Application:
         on_result=lambda result: metrics.refreshes.labels(result).inc(),
     )
     app[PIPELINE] = pipeline = _pipeline(settings, metrics)
+    app[VISITORS] = visitors = _visitor_store(settings)
+    app.cleanup_ctx.append(_visitors_context)
     app.cleanup_ctx.append(_rules_context)
     app.cleanup_ctx.append(_events_context)
     app.on_shutdown.append(_end_streams)
     recorder = pipeline.recorder if pipeline.workers else None
-    serving = Serving(store, metrics, app[LIMITS], settings.environment, recorder)
+    serving = Serving(store, metrics, app[LIMITS], settings.environment, recorder, visitors)
     serving.add_routes(shell)
     Catalog(store).add_routes(shell)
     Tracking(store, pipeline, app[LIMITS]).add_routes(shell)
     Ofrep(serving, settings.refresh_interval).add_routes(shell)
+    item_limits = ItemLimits(
+        settings.visitor_max_items, settings.visitor_max_url, settings.visitor_max_cookies
+    )
+    VisitorData(visitors, app[LIMITS], item_limits, settings.session_ttl).add_routes(shell)
     Operations(settings, store, metrics, pipeline, app[REFRESHER], app[LIMITS]).add_routes(shell)
     return app
+
+
+def _visitor_store(settings: Settings) -> VisitorStore:
+    if settings.visitors == "memory":
+        return MemoryVisitors(
+            ttl=settings.session_ttl,
+            retention=settings.visitor_retention,
+            limit=settings.visitor_limit,
+        )
+    return RedisVisitors(
+        settings.visitors,
+        ttl=settings.session_ttl,
+        retention=settings.visitor_retention,
+        read_timeout=settings.visitor_timeout,
+        write_timeout=settings.visitor_write_timeout,
+    )
+
+
+async def _visitors_context(app: web.Application) -> AsyncIterator[None]:
+    visitors = app[VISITORS]
+    await visitors.start()
+    yield
+    await visitors.close()
 
 
 def _pipeline(settings: Settings, metrics: Metrics) -> Pipeline:

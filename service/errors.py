@@ -9,7 +9,8 @@
     ├── 404 FLAG_NOT_FOUND, VARIABLE_NOT_FOUND, EVENT_NOT_FOUND, NOT_FOUND
     ├── 408 REQUEST_TIMEOUT     the body did not arrive within FLAGPOST_BODY_TIMEOUT
     ├── 413 PAYLOAD_TOO_LARGE
-    └── 503 NOT_READY           no ruleset has been loaded yet
+    ├── 503 NOT_READY           no ruleset has been loaded yet
+    └── 503 STORE_UNAVAILABLE   the visitor store did not take a write (nothing of it stored)
 
 Errors of the ``rules`` core map onto these through ``from_rules_error``.
 """

@@ -11,8 +11,9 @@ from service.refresher import Refresher
 from service.settings import Settings
 from service.shell import Shell
 from service.store import RulesStore
+from service.visitors.stores import VisitorStore
 
-__all__ = ["LIMITS", "METRICS", "PIPELINE", "REFRESHER", "SETTINGS", "SHELL", "STORE"]
+__all__ = ["LIMITS", "METRICS", "PIPELINE", "REFRESHER", "SETTINGS", "SHELL", "STORE", "VISITORS"]
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", RulesStore)
@@ -21,3 +22,4 @@ METRICS = web.AppKey("metrics", Metrics)
 LIMITS = web.AppKey("limits", Limits)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 SHELL = web.AppKey("shell", Shell)
+VISITORS = web.AppKey("visitors", VisitorStore)

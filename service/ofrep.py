@@ -103,8 +103,12 @@ class Ofrep:
             ruleset = self.serving.snapshot().ruleset
         except ApiError as error:  # not ready yet: OFREP's general error
             return json_response({"errorDetails": error.message}, error.status)
+        environment = self._environment(request)
         try:
-            decision = ruleset.decide(flag, visitor, attributes, self._environment(request))
+            context = await self.serving.context_for(
+                ruleset, (flag,), visitor, attributes, environment
+            )
+            decision = ruleset.decide(flag, visitor, context, environment)
         except rules.FlagNotFound as error:
             return _failure(ApiError(404, "FLAG_NOT_FOUND", str(error)), flag)
         except rules.UnknownEnvironment as error:
@@ -132,8 +136,12 @@ class Ofrep:
             ruleset = self.serving.snapshot().ruleset
         except ApiError as error:  # not ready yet: OFREP's general error
             return json_response({"errorDetails": error.message}, error.status)
+        environment = self._environment(request)
         try:
-            decisions = ruleset.decide_all(visitor, attributes, self._environment(request))
+            context = await self.serving.context_for(
+                ruleset, None, visitor, attributes, environment
+            )
+            decisions = ruleset.decide_all(visitor, context, environment)
         except rules.UnknownEnvironment as error:
             return _failure(ApiError(400, "GENERAL", str(error)))
         self.serving.metrics.count_decisions(decisions.values())

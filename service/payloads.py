@@ -200,6 +200,13 @@ def check_context(value: object, limits: Limits, field: str = "context") -> dict
         return {}
     if not isinstance(value, dict):
         raise invalid(f"{field} must be a JSON object of attributes", field=field)
+    for name in value:
+        if name.startswith("visitor") and (name == "visitor" or name.startswith("visitor.")):
+            raise invalid(
+                f"{field}.{name}: attributes under 'visitor' are the visitor's stored data; "
+                "add them with POST /v1/visitors/{visitor_code}/data",
+                field=f"{field}.{name}",
+            )
     count = _count_attributes(value, 1, limits.max_depth, field)
     if count > limits.max_attributes:
         raise invalid(

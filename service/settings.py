@@ -104,7 +104,7 @@ def _event_loop(raw: str) -> str:
 
 
 def _is_url(text: str) -> bool:
-    return text.startswith(("http://", "https://"))
+    return text.startswith(("http://", "https://", "redis://", "rediss://"))
 
 
 def _public_text(raw: str) -> str:
@@ -127,6 +127,20 @@ def _rules_source(raw: str) -> str:
     if scheme and len(scheme) > 1:
         raise ValueError("must be a file path or an http(s) URL")
     return raw
+
+
+def _visitor_store(raw: str) -> str:
+    value = raw.strip()
+    if value == "memory":
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError("must be memory or a redis://host:port/db (or rediss://) URL")
+    try:
+        parts.port  # noqa: B018 (a bad port raises here, not at the first request)
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return value
 
 
 def _sinks(raw: str) -> tuple[str, ...]:
@@ -287,6 +301,45 @@ class Settings:
     drain_timeout: float = _setting(
         "FLAGPOST_DRAIN_TIMEOUT", _positive, 10.0, "seconds to deliver queued events on stop"
     )
+    visitors: str = _setting(
+        "FLAGPOST_VISITORS",
+        _visitor_store,
+        "memory",
+        "visitor data store: memory (one process) or redis[s]://[:password@]host:port/db",
+    )
+    visitor_limit: int = _setting(
+        "FLAGPOST_VISITOR_LIMIT",
+        _count,
+        100_000,
+        "most visitors the memory store keeps (the least recently active is evicted)",
+    )
+    visitor_retention: float = _setting(
+        "FLAGPOST_VISITOR_RETENTION",
+        _positive,
+        30 * 86400.0,
+        "seconds a visitor's visit history is kept after its last activity",
+    )
+    visitor_timeout: float = _setting(
+        "FLAGPOST_VISITOR_TIMEOUT",
+        _positive,
+        0.05,
+        "seconds a decision waits for visitor data (then decides without it)",
+    )
+    visitor_write_timeout: float = _setting(
+        "FLAGPOST_VISITOR_WRITE_TIMEOUT",
+        _positive,
+        2.0,
+        "seconds a visitor data write may take (503 STORE_UNAVAILABLE after that)",
+    )
+    visitor_max_items: int = _setting(
+        "FLAGPOST_VISITOR_MAX_ITEMS", _count, 100, "most visitor data items per request"
+    )
+    visitor_max_url: int = _setting(
+        "FLAGPOST_VISITOR_MAX_URL", _count, 2048, "longest page view URL, in characters"
+    )
+    visitor_max_cookies: int = _setting(
+        "FLAGPOST_VISITOR_MAX_COOKIES", _count, 50, "most cookies in one cookie item"
+    )
 
     def __repr__(self) -> str:
         return f"Settings({self.public()})"
@@ -298,7 +351,7 @@ class Settings:
             value = getattr(self, spec.name)
             if spec.metadata["secret"]:
                 value = None if value in (None, ()) else MASK
-            elif spec.name == "rules":
+            elif spec.name in {"rules", "visitors"}:
                 value = public_url(value) if _is_url(value) else value
             elif spec.name == "events":
                 value = [public_url(sink) if _is_url(sink) else sink for sink in value]

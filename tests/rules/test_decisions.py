@@ -286,7 +286,7 @@ def test_as_dict_has_the_documented_fields(demo: rules.Ruleset) -> None:
 
 def test_metadata(demo: rules.Ruleset) -> None:
     """The ruleset exposes its revision, sorted flag keys, environments and events."""
-    assert "2026-11-22.1" == demo.revision
+    assert "2026-12-02.1" == demo.revision
     assert sorted(demo_document()["flags"]) == list(demo.flag_keys)
     assert 83023 == demo.events["purchase"].id
 

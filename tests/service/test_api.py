@@ -19,7 +19,7 @@ async def test_list_flags(api: Api) -> None:
     """GET /v1/flags lists every flag key with the revision."""
     reply = await api.get("/v1/flags")
     assert 200 == reply.status
-    assert "2026-11-22.1" == reply.body["revision"]
+    assert "2026-12-02.1" == reply.body["revision"]
     assert "new_checkout" in reply.body["flags"]
 
 
@@ -85,7 +85,7 @@ async def test_decide_all_flags(api: Api) -> None:
     """POST /v1/decide without flags decides every flag."""
     reply = await api.post("/v1/decide", json={"visitor_code": "v1", "context": FR_PHONE})
     assert 200 == reply.status
-    assert 7 == len(reply.body["decisions"])
+    assert 8 == len(reply.body["decisions"])
     assert "on" == reply.body["decisions"]["new_checkout"]["variation"]
     assert "errors" not in reply.body
 

@@ -21,7 +21,7 @@ def test_validate_accepts_the_demo(capsys: pytest.CaptureFixture[str]) -> None:
     assert 0 == main(["validate", DEMO])
     out = capsys.readouterr().out
     assert 1 == len(out.splitlines())
-    assert "valid, revision 2026-11-22.1, 7 flags" in out
+    assert "valid, revision 2026-12-02.1, 8 flags" in out
 
 
 def test_validate_lists_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -49,7 +49,7 @@ def test_decide_prints_decisions_as_json(capsys: pytest.CaptureFixture[str]) -> 
     args = ["decide", DEMO, "--visitor", "v1", "--flag", "new_checkout", "--context", context]
     assert 0 == main(args)
     output = json.loads(capsys.readouterr().out)
-    assert {"visitor_code": "v1", "revision": "2026-11-22.1", "environment": "production"} == {
+    assert {"visitor_code": "v1", "revision": "2026-12-02.1", "environment": "production"} == {
         k: output[k] for k in ("visitor_code", "revision", "environment")
     }
     assert ["new_checkout"] == list(output["decisions"])
@@ -62,7 +62,7 @@ def test_decide_all_flags_with_environment_and_time(capsys: pytest.CaptureFixtur
             "--now", "2026-12-25T10:00:00Z"]  # fmt: skip
     assert 0 == main(args)
     decisions = json.loads(capsys.readouterr().out)["decisions"]
-    assert 7 == len(decisions)
+    assert 8 == len(decisions)
     assert "on" == decisions["search_ranking"]["variation"]
     assert "on" == decisions["holiday_theme"]["variation"]
 

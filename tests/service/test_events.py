@@ -72,7 +72,7 @@ async def test_a_tracked_decision_becomes_one_exposure_record(api: Api, tmp_path
         "user_agent": "shop/1.0",
         "referer": "https://shop.example/cart",
         "is_holdback": False,
-        "revision": "2026-11-22.1",
+        "revision": "2026-12-02.1",
         "client_engine": "flagpost",
     } == {
         name: record[name]

@@ -24,13 +24,13 @@ async def test_health_and_readiness(api: Api) -> None:
     """Both probes answer 200 once rules are loaded."""
     health, ready = await api.get("/healthz"), await api.get("/readyz")
     assert {"status": "ok"} == health.body
-    assert {"status": "ready", "revision": "2026-11-22.1"} == ready.body
+    assert {"status": "ready", "revision": "2026-12-02.1"} == ready.body
 
 
 async def test_config_reports_rules_and_refreshing(api: Api) -> None:
     """GET /v1/config shows revision, source, counts and the default environment."""
     config = (await api.get("/v1/config")).body
-    assert ("2026-11-22.1", 7, "production", "source") == (
+    assert ("2026-12-02.1", 8, "production", "source") == (
         config["revision"],
         config["flag_count"],
         config["environment"],
@@ -110,8 +110,8 @@ async def test_change_stream_sends_current_rules_then_changes(start: AppFactory)
             ruleset = store.current.ruleset
             store.swap(ruleset, "source")
             second = await _next_event(response)
-    assert "2026-11-22.1" == first["revision"]
-    assert (7, "source") == (second["flag_count"], second["origin"])
+    assert "2026-12-02.1" == first["revision"]
+    assert (8, "source") == (second["flag_count"], second["origin"])
 
 
 async def _next_event(response: object) -> dict[str, object]:

@@ -30,7 +30,7 @@ async def revision(api: Api) -> str | None:
 async def test_timer_refresh_follows_changes_and_failures(start: AppFactory) -> None:
     """A changed document is picked up; failures keep the last good one, shown in /v1/config."""
     async with serve_rules() as source, start(rules=source.url, refresh_interval=0.2) as api:
-        assert "2026-11-22.1" == await revision(api)
+        assert "2026-12-02.1" == await revision(api)
         source.set_revision("r2", dark_mode="off")
 
         async def updated() -> bool:
@@ -90,7 +90,7 @@ async def test_invalid_document_never_replaces_the_served_one(start: AppFactory)
             return error is not None and "invalid rules" in error["message"]
 
         await eventually(refused)
-        assert "2026-11-22.1" == await revision(api)
+        assert "2026-12-02.1" == await revision(api)
         assert 200 == (await api.get("/readyz")).status
 
 
@@ -130,7 +130,7 @@ async def test_unchanged_documents_are_not_downloaded_again(start: AppFactory) -
 
         await eventually(revalidated)
         assert 1 == source.gets
-        assert "2026-11-22.1" == await revision(api)
+        assert "2026-12-02.1" == await revision(api)
 
 
 async def test_source_authorization_and_timeout(start: AppFactory) -> None:

@@ -153,7 +153,7 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path: Path, event_loop: 
             headers={"X-Request-Id": "trace-me-42"},
         )
         with urllib.request.urlopen(request, timeout=5) as response:
-            assert 7 == len(json.loads(response.read())["decisions"])
+            assert 8 == len(json.loads(response.read())["decisions"])
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=20)

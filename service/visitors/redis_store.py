@@ -1,0 +1,178 @@
+"""Visitor records in Redis, shared by every worker and replica (redis-py's asyncio client).
+
+Keys, each expiring after the retention (refreshed on every write)::
+
+    flagpost:visitor:r:{id}    the record (JSON)
+    flagpost:visitor:a:{id}    its targeting attributes (JSON): what decisions read
+    flagpost:visitor:l:{code}  the user id a visitor code links to
+
+A decision reads in one round trip (a Lua script resolves the link and returns the
+attributes), bounded by ``read_timeout``: a store that is slow or down answers "no data",
+counted in ``read_errors``, and for ``BACKOFF`` seconds after a failure decisions do not wait
+for it at all. A write watches what it reads and commits in one MULTI/EXEC, retried (after a
+short random pause) when another process changed those keys in between: it is applied wholly
+or not at all. Within one process, writes to one visitor wait for each other rather than collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, WatchError
+
+from service.visitors.changes import KEEP, Change, Write
+from service.visitors.records import Record, attributes_of, targeting
+from service.visitors.stores import StoreUnavailable, now_ms
+
+__all__ = ["BACKOFF", "RedisVisitors"]
+
+PREFIX: Final = "flagpost:visitor:"
+RECORD: Final = PREFIX + "r:"
+ATTRIBUTES: Final = PREFIX + "a:"
+LINK: Final = PREFIX + "l:"
+#: Seconds during which decisions skip a store that just failed (then one tries again).
+BACKOFF: Final = 1.0
+#: Times a write is retried when other processes keep changing the same visitor.
+ATTEMPTS: Final = 20
+
+_READ_ATTRIBUTES: Final = """
+local id = redis.call('GET', KEYS[1]) or ARGV[1]
+return redis.call('GET', ARGV[2] .. id)
+"""
+
+
+class RedisVisitors:
+    kind = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl: float,
+        retention: float,
+        read_timeout: float,
+        write_timeout: float,
+    ) -> None:
+        self.url = url
+        self.ttl = int(ttl * 1000)
+        self.retention = int(max(retention, ttl) * 1000)
+        self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
+        self.read_errors = 0
+        self.write_errors = 0
+        self._down_until = 0.0
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=write_timeout,
+            socket_timeout=write_timeout,
+            health_check_interval=30,
+        )
+        self._read_attributes = self.client.register_script(_READ_ATTRIBUTES)
+        #: Per visitor code, the writes of this process waiting their turn (and their lock).
+        self._writing: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def start(self) -> None:
+        """Nothing to do: the client connects on first use and reconnects by itself (a
+        replica must start, and answer decisions, while Redis is still coming up)."""
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def attributes(self, code: str) -> Mapping[str, Any] | None:
+        if self._down_until and time.monotonic() < self._down_until:
+            self.read_errors += 1
+            return None
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                raw = await self._read_attributes(keys=[LINK + code], args=[code, ATTRIBUTES])
+        except (RedisError, OSError, TimeoutError):
+            self.read_errors += 1
+            self._down_until = time.monotonic() + BACKOFF
+            return None
+        self._down_until = 0.0
+        if raw is None:
+            return None
+        return targeting(orjson.loads(raw), now_ms())
+
+    async def read(self, code: str) -> tuple[str, str | None, Record | None]:
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                link = _text(await self.client.get(LINK + code))
+                raw = await self.client.get(RECORD + (link or code))
+        except (RedisError, OSError, TimeoutError) as error:
+            raise StoreUnavailable(_why(error)) from None
+        return code, link, orjson.loads(raw) if raw else None
+
+    async def write(self, code: str, write: Write) -> Change:
+        lock, waiting = self._writing.get(code, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._writing[code] = (lock, waiting + 1)
+        try:
+            async with asyncio.timeout(self.write_timeout), lock:
+                return await self._write(code, write)
+        except (RedisError, OSError, TimeoutError) as error:
+            self.write_errors += 1
+            raise StoreUnavailable(_why(error)) from None
+        finally:
+            lock, waiting = self._writing[code]
+            if waiting == 1:
+                del self._writing[code]
+            else:
+                self._writing[code] = (lock, waiting - 1)
+
+    async def _write(self, code: str, write: Write) -> Change:
+        async with self.client.pipeline(transaction=True) as pipe:
+            for _ in range(ATTEMPTS):
+                try:
+                    await pipe.watch(LINK + code)
+                    link = _text(await pipe.get(LINK + code))
+                    needed = write.needed(code, link)
+                    keys = [RECORD + identity for identity in needed]
+                    await pipe.watch(*keys)
+                    raws = await pipe.mget(keys)
+                    records = {
+                        identity: orjson.loads(raw) if raw else None
+                        for identity, raw in zip(needed, raws, strict=True)
+                    }
+                    now = now_ms()
+                    change = write.apply(code, link, records, now, self.ttl)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    self._queue(pipe, code, change)
+                    await pipe.execute()
+                    return change
+                except WatchError:
+                    await asyncio.sleep(random.uniform(0, 0.005))  # out of step with the other
+                    continue
+        raise StoreUnavailable("the visitor changed too often to be written; try again")
+
+    def _queue(self, pipe: Any, code: str, change: Change) -> None:
+        retention = self.retention
+        for identity, record in change.records.items():
+            if record is None:
+                pipe.delete(RECORD + identity, ATTRIBUTES + identity)
+            else:
+                pipe.set(RECORD + identity, orjson.dumps(record), px=retention)
+                attributes = orjson.dumps(attributes_of(record, self.ttl))
+                pipe.set(ATTRIBUTES + identity, attributes, px=retention)
+        if change.link is None:
+            pipe.delete(LINK + code)
+        elif change.link is not KEEP:
+            pipe.set(LINK + code, str(change.link), px=retention)
+
+
+def _text(raw: bytes | str | None) -> str | None:
+    """A stored text as ``str`` (the client answers bytes)."""
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _why(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return "it did not answer in time"
+    return type(error).__name__

@@ -1,0 +1,90 @@
+"""The visitor data routes: ``/v1/visitors/{visitor_code}/data`` (add, read, forget)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from aiohttp import web
+
+from service.errors import invalid, json_response
+from service.payloads import Limits, check_visitor_code, read_json
+from service.visitors.changes import add_data, forget
+from service.visitors.items import KINDS, ItemLimits, read_items
+from service.visitors.records import KEPT_VISITS, Record, view
+from service.visitors.stores import VisitorStore, now_ms
+
+if TYPE_CHECKING:
+    from service.shell import Shell
+
+__all__ = ["VisitorData"]
+
+#: Previous visits a read includes unless told (as Kameleoon's RemoteVisitorDataFilter).
+DEFAULT_PREVIOUS_VISITS: Final = 1
+
+
+class VisitorData:
+    def __init__(self, store: VisitorStore, limits: Limits, items: ItemLimits, ttl: float) -> None:
+        self.store = store
+        self.limits = limits
+        self.items = items
+        self.ttl = int(ttl * 1000)
+
+    def add_routes(self, router: Shell) -> None:
+        path = "/v1/visitors/{visitor_code}/data"
+        router.add("POST", path, self.add)
+        router.add("GET", path, self.read)
+        router.add("DELETE", path, self.forget)
+
+    def _answer(
+        self,
+        code: str,
+        link: str | None,
+        record: Record | None,
+        *,
+        kinds: frozenset[str] | None = None,
+        previous_visits: int = 0,
+    ) -> web.Response:
+        shown = view(record, now_ms(), self.ttl, kinds=kinds, previous_visits=previous_visits)
+        return json_response({"visitor_code": code, "user_id": link, **shown})
+
+    async def add(self, request: web.BaseRequest, visitor_code: str) -> web.Response:
+        code = check_visitor_code(visitor_code)
+        items = read_items(await read_json(request, self.limits), self.items)
+        change = await self.store.write(code, add_data(items))
+        link = change.id if change.id != code else None
+        return self._answer(code, link, change.record())
+
+    async def read(self, request: web.BaseRequest, visitor_code: str) -> web.Response:
+        code = check_visitor_code(visitor_code)
+        kinds, previous = _read_filter(request)
+        code, link, record = await self.store.read(code)
+        return self._answer(code, link, record, kinds=kinds, previous_visits=previous)
+
+    async def forget(self, request: web.BaseRequest, visitor_code: str) -> web.Response:
+        code = check_visitor_code(visitor_code)
+        change = await self.store.write(code, forget())
+        return json_response({"visitor_code": code, "forgotten": bool(change.result)})
+
+
+def _read_filter(request: web.BaseRequest) -> tuple[frozenset[str] | None, int]:
+    query = request.query
+    for name in query:
+        if name not in ("types", "previous_visits"):
+            raise invalid(
+                f"unknown query parameter {name!r} (expected: previous_visits, types)", name
+            )
+    kinds: frozenset[str] | None = None
+    if "types" in query:
+        kinds = frozenset(kind.strip() for kind in query["types"].split(",") if kind.strip())
+        unknown = kinds - frozenset(KINDS)
+        if unknown:
+            raise invalid(
+                f"types names unknown types {', '.join(sorted(unknown))} "
+                f"(expected: {', '.join(KINDS)})",
+                field="types",
+            )
+    raw = query.get("previous_visits", str(DEFAULT_PREVIOUS_VISITS))
+    if not raw.isdigit() or not 0 <= int(raw) <= KEPT_VISITS:
+        raise invalid(f"previous_visits must be a whole number from 0 to {KEPT_VISITS}",
+                      field="previous_visits")  # fmt: skip
+    return kinds, int(raw)

@@ -1,0 +1,150 @@
+"""Where visitor data lives: the ``VisitorStore`` interface and the in-memory store.
+
+``attributes`` is what decisions call (never raises: a store that cannot answer in time
+answers "no data" and counts it); the writes raise ``StoreUnavailable`` (503) when the
+store cannot take them, with nothing half-written. ``service.visitors.redis_store`` is the
+shared implementation.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import orjson
+
+from service.errors import ApiError
+from service.visitors.changes import KEEP, Change, Write
+from service.visitors.records import Record, attributes_of, targeting
+
+__all__ = ["MemoryVisitors", "StoreUnavailable", "VisitorStore", "now_ms"]
+
+
+class StoreUnavailable(ApiError):
+    """The visitor store did not take a write (503 STORE_UNAVAILABLE)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(503, "STORE_UNAVAILABLE", f"the visitor store is unavailable: {why}")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class VisitorStore(Protocol):
+    """Visitor records keyed by visitor code; a code may link to a signed-in user's record."""
+
+    #: ``memory`` or ``redis``: what ``/v1/config`` and the metrics show.
+    kind: str
+    #: Reads that failed or timed out (answered as "no data").
+    read_errors: int
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def attributes(self, code: str) -> Mapping[str, Any] | None:
+        """The targeting attributes a decision for ``code`` sees now (None: no data)."""
+        ...
+
+    async def read(self, code: str) -> tuple[str, str | None, Record | None]:
+        """(the code, the user id it links to or None, the record it resolves to or None)."""
+        ...
+
+    async def write(self, code: str, write: Write) -> Change:
+        """Apply ``write`` to ``code``'s records, wholly or not at all."""
+        ...
+
+
+class MemoryVisitors:
+    """One process's visitor records, bounded: the least recently active is evicted.
+
+    A record is kept zlib-compressed (it is read back only by the data routes and flushes),
+    its attributes as a dict ready to merge into a decision's context.
+    """
+
+    kind = "memory"
+
+    def __init__(self, *, ttl: float, retention: float, limit: int) -> None:
+        self.ttl = int(ttl * 1000)
+        self.retention = int(max(retention, ttl) * 1000)
+        self.limit = limit
+        #: id -> (compressed record, attributes, expiry in ms)
+        self.entries: OrderedDict[str, tuple[bytes, dict[str, Any], int]] = OrderedDict()
+        #: visitor code -> (user id, expiry in ms)
+        self.links: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self.read_errors = 0
+        self.evicted = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def _link(self, code: str, now: int) -> str | None:
+        found = self.links.get(code)
+        if found is None:
+            return None
+        if found[1] <= now:
+            del self.links[code]
+            return None
+        return found[0]
+
+    def _entry(self, identity: str, now: int) -> tuple[bytes, dict[str, Any], int] | None:
+        entry = self.entries.get(identity)
+        if entry is not None and entry[2] <= now:
+            del self.entries[identity]
+            return None
+        return entry
+
+    async def attributes(self, code: str) -> Mapping[str, Any] | None:
+        now = now_ms()
+        links = self.links
+        identity = code if not links or code not in links else self._link(code, now) or code
+        entry = self.entries.get(identity)
+        if entry is None or entry[2] <= now:
+            return None
+        self.entries.move_to_end(identity)  # a decision is activity too
+        return targeting(entry[1], now)
+
+    async def read(self, code: str) -> tuple[str, str | None, Record | None]:
+        now = now_ms()
+        link = self._link(code, now)
+        entry = self._entry(link or code, now)
+        record = orjson.loads(zlib.decompress(entry[0])) if entry is not None else None
+        return code, link, record
+
+    async def write(self, code: str, write: Write) -> Change:
+        now = now_ms()
+        link = self._link(code, now)
+        records: dict[str, Record | None] = {}
+        for identity in write.needed(code, link):
+            entry = self._entry(identity, now)
+            records[identity] = orjson.loads(zlib.decompress(entry[0])) if entry else None
+        change = write.apply(code, link, records, now, self.ttl)
+        for identity, record in change.records.items():
+            if record is None:
+                self.entries.pop(identity, None)
+            else:
+                packed = zlib.compress(orjson.dumps(record))
+                attributes = attributes_of(record, self.ttl)
+                self.entries[identity] = (packed, attributes, now + self.retention)
+                self.entries.move_to_end(identity)
+        if change.link is None:
+            self.links.pop(code, None)
+        elif change.link is not KEEP:
+            self.links[code] = (str(change.link), now + self.retention)
+            self.links.move_to_end(code)
+        self._evict()
+        return change
+
+    def _evict(self) -> None:
+        while len(self.entries) > self.limit:
+            self.entries.popitem(last=False)
+            self.evicted += 1
+        while len(self.links) > self.limit:
+            self.links.popitem(last=False)
