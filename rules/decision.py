@@ -38,10 +38,11 @@ class Decision:
     value inside it as read-only too.
 
     ``outcome`` names the answer: the JSON text of ``[flag, rule, variation, flag_id,
-    experiment_id, variation_id]``. Equal answers have equal outcomes, across recompilations
-    too, so a caller can recognize an answer it has seen before with one string comparison
-    (the service records an exposure once per visitor session by it). It is text, not a
-    tuple, so that whatever keeps it holds no object the garbage collector has to track.
+    experiment_id, variation_id, rule_type]``. Equal answers have equal outcomes, across
+    recompilations too, so a caller can recognize an answer it has seen before with one
+    string comparison (the service records an exposure once per visitor session by it). It
+    is text, not a tuple, so that whatever keeps it holds no object the garbage collector
+    has to track.
     """
 
     flag: str
@@ -60,7 +61,7 @@ class Decision:
     def __post_init__(self) -> None:
         keys = (self.flag, self.rule, self.variation)
         ids = (self.flag_id, self.experiment_id, self.variation_id)
-        outcome = "[" + ",".join(map(_json, (*keys, *ids))) + "]"
+        outcome = "[" + ",".join(map(_json, (*keys, *ids, self.rule_type))) + "]"
         object.__setattr__(self, "outcome", outcome)
 
     def as_dict(self) -> dict[str, Any]:

@@ -43,9 +43,12 @@ from service.shell import Shell
 from service.sources import open_source
 from service.store import DiskCache, RulesStore
 from service.tracking import Tracking
+from service.visitors.bots import BotJudge
+from service.visitors.codes import CookiePolicy
 from service.visitors.items import ItemLimits
 from service.visitors.redis_store import RedisVisitors
-from service.visitors.routes import VisitorData
+from service.visitors.routes import VisitorData, VisitorIdentity
+from service.visitors.screening import VisitorScreen
 from service.visitors.stores import MemoryVisitors, VisitorStore
 
 __all__ = ["create_app"]
@@ -79,8 +82,11 @@ def create_app(settings: Settings) -> web.Application:
         max_flags=settings.max_flags,
         on_result=lambda result: metrics.refreshes.labels(result).inc(),
     )
-    app[PIPELINE] = pipeline = _pipeline(settings, metrics)
     app[VISITORS] = visitors = _visitor_store(settings)
+    screen = VisitorScreen(
+        visitors, BotJudge(), metrics.registry, consent_required=settings.consent_required
+    )
+    app[PIPELINE] = pipeline = _pipeline(settings, metrics, screen)
     app.cleanup_ctx.append(_visitors_context)
     app.cleanup_ctx.append(_rules_context)
     app.cleanup_ctx.append(_events_context)
@@ -95,6 +101,12 @@ def create_app(settings: Settings) -> web.Application:
         settings.visitor_max_items, settings.visitor_max_url, settings.visitor_max_cookies
     )
     VisitorData(visitors, app[LIMITS], item_limits, settings.session_ttl).add_routes(shell)
+    VisitorIdentity(
+        visitors,
+        app[LIMITS],
+        CookiePolicy(settings.visitor_cookie, settings.cookie_domain),
+        consent_required=settings.consent_required,
+    ).add_routes(shell)
     Operations(settings, store, metrics, pipeline, app[REFRESHER], app[LIMITS]).add_routes(shell)
     return app
 
@@ -122,7 +134,7 @@ async def _visitors_context(app: web.Application) -> AsyncIterator[None]:
     await visitors.close()
 
 
-def _pipeline(settings: Settings, metrics: Metrics) -> Pipeline:
+def _pipeline(settings: Settings, metrics: Metrics, screen: VisitorScreen) -> Pipeline:
     sinks = [
         parse_sink(
             spec,
@@ -145,6 +157,7 @@ def _pipeline(settings: Settings, metrics: Metrics) -> Pipeline:
         session_limit=settings.session_limit,
         retry_timeout=settings.sink_timeout,
         drain_timeout=settings.drain_timeout,
+        screen=screen,
     )
 
 

@@ -129,6 +129,13 @@ def _rules_source(raw: str) -> str:
     return raw
 
 
+def _cookie_name(raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c in value for c in '()<>@,;:\\"/[]?={} \t') or not value.isprintable():
+        raise ValueError("must be a cookie name (letters, digits and !#$%&'*+-.^_`|~)")
+    return value
+
+
 def _visitor_store(raw: str) -> str:
     value = raw.strip()
     if value == "memory":
@@ -330,6 +337,21 @@ class Settings:
         _positive,
         2.0,
         "seconds a visitor data write may take (503 STORE_UNAVAILABLE after that)",
+    )
+    consent_required: bool = _setting(
+        "FLAGPOST_CONSENT_REQUIRED",
+        _flag,
+        False,
+        "record experiment exposures, attributes and cookies only for visitors who consented",
+    )
+    visitor_cookie: str = _setting(
+        "FLAGPOST_VISITOR_COOKIE",
+        _cookie_name,
+        "kameleoonVisitorCode",
+        "name of the visitor code cookie (GET /v1/visitor-code)",
+    )
+    cookie_domain: str | None = _setting(
+        "FLAGPOST_COOKIE_DOMAIN", _optional, None, "Domain of the visitor code cookie (unset: none)"
     )
     visitor_max_items: int = _setting(
         "FLAGPOST_VISITOR_MAX_ITEMS", _count, 100, "most visitor data items per request"

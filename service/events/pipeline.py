@@ -23,14 +23,14 @@ from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
 from rules.steps import Steps
 from service.events.delivery import SinkWorker
 from service.events.queue import EventQueue, Recorder
-from service.events.records import Batch, Item, batch_steps, take_batch
+from service.events.records import Batch, Item, batch_steps, events_in, take_batch
 from service.events.sessions import Sessions
 from service.events.sinks import Sink
 from service.events.spool import Spool, SpoolLock
@@ -38,9 +38,18 @@ from service.events.stats import EventStats
 from service.logs import get_logger
 from service.sharing import SLICE_SECONDS, give_way
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "Screen"]
 
 log = get_logger(__name__)
+
+
+class Screen(Protocol):
+    """Decides what of the queued items is recorded (dropping, trimming or relabelling
+    them), before they are built: ``screen`` may do I/O, ``screen_now`` may not."""
+
+    async def screen(self, items: list[Item]) -> list[Item]: ...
+
+    def screen_now(self, items: list[Item]) -> list[Item]: ...
 
 
 class Pipeline:
@@ -58,8 +67,13 @@ class Pipeline:
         session_limit: int,
         retry_timeout: float,
         drain_timeout: float,
+        screen: Screen | None = None,
     ) -> None:
         self.stats = EventStats(registry)
+        self.screen = screen
+        #: Items handed over (a full queue, a flush) and not screened yet, with their events.
+        self._unscreened: list[Item] = []
+        self._unscreened_events = 0
         self.sessions = Sessions(session_ttl, session_limit)
         self.queue = EventQueue(batch_size, queue_size, self.spill)
         self.recorder = Recorder(self.queue, self.sessions)
@@ -78,7 +92,9 @@ class Pipeline:
         self.backlog_limit = queue_size
         self.flush_interval = flush_interval
         self.drain_timeout = drain_timeout
-        self.stats.watch_queue(lambda: len(self.queue) + self._backlog_events)
+        self.stats.watch_queue(
+            lambda: len(self.queue) + self._unscreened_events + self._backlog_events
+        )
         self._repeated_counted = 0
         self._task: asyncio.Task[None] | None = None
         #: Items taken from the queue and waiting to be built into batches, oldest first.
@@ -104,6 +120,7 @@ class Pipeline:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.flush()
+        await self._screen_pending()
         while self._building is not None or self._backlog:
             await self._build_slice()
             await give_way()
@@ -122,10 +139,34 @@ class Pipeline:
         return events
 
     def spill(self, items: list[Item], events: int) -> None:
-        """Hand ``items`` (``events`` events) to the flusher, behind what it is building.
-        The queue calls this when it is full: when the backlog is then over its limit too,
-        this request builds one slice of it itself (about a millisecond), and so slows to
-        the pipeline's pace."""
+        """Hand ``items`` (``events`` events) to the flusher, behind what it is building
+        (and, with a screen, behind what it is screening). The queue calls this when it is
+        full: when the backlog is then over its limit too, this request builds one slice of
+        it itself (about a millisecond), and so slows to the pipeline's pace; items the
+        flusher has not screened by then are screened here, without I/O."""
+        if self.screen is None:
+            self._to_backlog(items, events)
+            return
+        if items:
+            self._unscreened += items
+            self._unscreened_events += events
+            self.queue.wake.set()
+        if self._unscreened_events > self.backlog_limit:
+            screened = self.screen.screen_now(self._take_unscreened())
+            self._to_backlog(screened, sum(map(events_in, screened)))
+
+    def _take_unscreened(self) -> list[Item]:
+        items, self._unscreened, self._unscreened_events = self._unscreened, [], 0
+        return items
+
+    async def _screen_pending(self) -> None:
+        """Screen what was handed over, and pass it on to be built."""
+        if self.screen is None or not self._unscreened:
+            return
+        screened = await self.screen.screen(self._take_unscreened())
+        self._to_backlog(screened, sum(map(events_in, screened)))
+
+    def _to_backlog(self, items: list[Item], events: int) -> None:
         if items:
             self._backlog.extend(items)
             self._backlog_events += events
@@ -178,6 +219,7 @@ class Pipeline:
     async def _flush_in_slices(self) -> None:
         """Build everything queued and in the backlog, a slice at a time."""
         self.spill(*self.queue.take())
+        await self._screen_pending()
         while self._building is not None or self._backlog:
             await self._build_slice()
             if self._building is not None or self._backlog:

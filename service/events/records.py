@@ -309,7 +309,7 @@ def _fragment(value: Any) -> orjson.Fragment:
 
 
 def _decision_part(outcome: str) -> dict[str, Any]:
-    flag, rule, variation, flag_id, experiment_id, variation_id = orjson.loads(outcome)
+    flag, rule, variation, flag_id, experiment_id, variation_id, _ = orjson.loads(outcome)
     return {
         "campaign_id": _id(flag_id, flag),
         "experiment_id": _id(experiment_id, rule),
@@ -328,7 +328,7 @@ def attribution(outcomes: Iterable[str]) -> list[dict[str, Any]]:
     outcomes (``Decision.outcome``) the session holds."""
     experiments = []
     for outcome in outcomes:
-        flag, rule, variation, flag_id, experiment_id, variation_id = orjson.loads(outcome)
+        flag, rule, variation, flag_id, experiment_id, variation_id, _ = orjson.loads(outcome)
         experiments.append(
             {
                 "campaign_id": _id(flag_id, flag),

@@ -30,6 +30,7 @@ __all__ = [
     "add_items",
     "attributes_of",
     "merge_records",
+    "recorded",
     "targeting",
     "unflushed",
     "view",
@@ -52,6 +53,14 @@ LISTED: Final = {"page_view": KEPT_PAGE_VIEWS, "conversion": KEPT_CONVERSIONS}
 HISTORY: Final = ("visitor.visits", "visitor.first_visit", "visitor.last_visit")
 #: The key of a stored attributes object giving, in ms, when its visit's part expires.
 UNTIL: Final = "until"
+#: The key of a stored attributes object holding the visitor's consent (true, false, null).
+CONSENT: Final = "consent"
+#: The stored attributes a decision record carries (with every ``visitor.custom.*``): what
+#: results are broken down by.
+RECORDED: Final = frozenset(
+    {"visitor.browser", "visitor.browser_version", "visitor.device", "visitor.os",
+     "visitor.geo.country"}
+)  # fmt: skip
 
 
 def new_record(now: int) -> Record:
@@ -167,7 +176,7 @@ def attributes_of(record: Record, ttl: int) -> dict[str, Any]:
     """The targeting attributes of ``record`` (flat ``visitor.*`` names), with ``until``:
     when, in ms, the current visit's part of them expires."""
     visit = record["current"]
-    found: dict[str, Any] = {UNTIL: record["last"] + ttl}
+    found: dict[str, Any] = {UNTIL: record["last"] + ttl, CONSENT: record["consent"]}
     if browser := visit.get("browser"):
         found["visitor.browser"] = browser["browser"]
         if "version" in browser:
@@ -208,8 +217,19 @@ def targeting(stored: Mapping[str, Any], now: int) -> dict[str, Any]:
     """The attributes a decision at ``now`` (ms) sees: all of them while the visit lasts,
     only the visit history after it."""
     if now < stored[UNTIL]:
-        return {name: value for name, value in stored.items() if name != UNTIL}
+        return {name: value for name, value in stored.items() if name[0] == "v"}
     return {name: stored[name] for name in HISTORY if name in stored}
+
+
+def recorded(stored: Mapping[str, Any], now: int) -> dict[str, Any]:
+    """The stored attributes a decision record at ``now`` (ms) carries."""
+    if now >= stored[UNTIL]:
+        return {}
+    return {
+        name: value
+        for name, value in stored.items()
+        if name in RECORDED or name.startswith("visitor.custom.")
+    }
 
 
 def _items(kind: str, value: Any) -> Iterable[dict[str, Any]]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import orjson
@@ -28,7 +28,7 @@ from redis.exceptions import RedisError, WatchError
 
 from service.visitors.changes import KEEP, Change, Write
 from service.visitors.records import Record, attributes_of, targeting
-from service.visitors.stores import StoreUnavailable, now_ms
+from service.visitors.stores import Profile, StoreUnavailable, now_ms, profile_of
 
 __all__ = ["BACKOFF", "RedisVisitors"]
 
@@ -44,6 +44,17 @@ ATTEMPTS: Final = 20
 _READ_ATTRIBUTES: Final = """
 local id = redis.call('GET', KEYS[1]) or ARGV[1]
 return redis.call('GET', ARGV[2] .. id)
+"""
+#: For each code in ARGV (after the two prefixes): the id it resolves to and its attributes.
+_READ_PROFILES: Final = """
+local found = {}
+for index = 3, #ARGV do
+  local code = ARGV[index]
+  local id = redis.call('GET', ARGV[1] .. code) or code
+  found[#found + 1] = id
+  found[#found + 1] = redis.call('GET', ARGV[2] .. id) or false
+end
+return found
 """
 
 
@@ -74,6 +85,7 @@ class RedisVisitors:
             health_check_interval=30,
         )
         self._read_attributes = self.client.register_script(_READ_ATTRIBUTES)
+        self._read_profiles = self.client.register_script(_READ_PROFILES)
         #: Per visitor code, the writes of this process waiting their turn (and their lock).
         self._writing: dict[str, tuple[asyncio.Lock, int]] = {}
 
@@ -99,6 +111,26 @@ class RedisVisitors:
         if raw is None:
             return None
         return targeting(orjson.loads(raw), now_ms())
+
+    async def profiles(self, codes: Iterable[str]) -> dict[str, Profile]:
+        wanted = list(codes)
+        if not wanted:
+            return {}
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                answer = await self._read_profiles(keys=[], args=[LINK, ATTRIBUTES, *wanted])
+        except (RedisError, OSError, TimeoutError) as error:
+            self.read_errors += 1
+            raise StoreUnavailable(_why(error)) from None
+        now = now_ms()
+        found = {}
+        for code, identity, raw in zip(wanted, answer[::2], answer[1::2], strict=True):
+            if raw:
+                found[code] = profile_of(code, _text(identity) or code, orjson.loads(raw), now)
+        return found
+
+    def local_profiles(self, codes: Iterable[str]) -> dict[str, Profile] | None:
+        return None  # everything is in Redis
 
     async def read(self, code: str) -> tuple[str, str | None, Record | None]:
         try:

@@ -1,4 +1,4 @@
-"""The visitor data routes: ``/v1/visitors/{visitor_code}/data`` (add, read, forget)."""
+"""The visitor routes: data (add, read, forget), consent, and the visitor code cookie."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Final
 from aiohttp import web
 
 from service.errors import invalid, json_response
-from service.payloads import Limits, check_visitor_code, read_json
-from service.visitors.changes import add_data, forget
+from service.payloads import Limits, check_visitor_code, read_json, refuse_unknown
+from service.visitors.changes import add_data, forget, set_consent
+from service.visitors.codes import CookiePolicy, choose_code, is_valid_code
 from service.visitors.items import KINDS, ItemLimits, read_items
 from service.visitors.records import KEPT_VISITS, Record, view
 from service.visitors.stores import VisitorStore, now_ms
@@ -16,7 +17,7 @@ from service.visitors.stores import VisitorStore, now_ms
 if TYPE_CHECKING:
     from service.shell import Shell
 
-__all__ = ["VisitorData"]
+__all__ = ["VisitorData", "VisitorIdentity"]
 
 #: Previous visits a read includes unless told (as Kameleoon's RemoteVisitorDataFilter).
 DEFAULT_PREVIOUS_VISITS: Final = 1
@@ -64,6 +65,58 @@ class VisitorData:
         code = check_visitor_code(visitor_code)
         change = await self.store.write(code, forget())
         return json_response({"visitor_code": code, "forgotten": bool(change.result)})
+
+
+class VisitorIdentity:
+    """Consent and the visitor code cookie."""
+
+    def __init__(
+        self, store: VisitorStore, limits: Limits, cookies: CookiePolicy, *, consent_required: bool
+    ) -> None:
+        self.store = store
+        self.limits = limits
+        self.cookies = cookies
+        self.consent_required = consent_required
+
+    def add_routes(self, router: Shell) -> None:
+        router.add("PUT", "/v1/visitors/{visitor_code}/consent", self.consent)
+        router.add("GET", "/v1/visitor-code", self.visitor_code)
+
+    async def consent(self, request: web.BaseRequest, visitor_code: str) -> web.Response:
+        code = check_visitor_code(visitor_code)
+        body = await read_json(request, self.limits)
+        refuse_unknown(body, frozenset({"consent"}))
+        consent = body.get("consent")
+        if not isinstance(consent, bool):
+            raise invalid("consent must be true or false", field="consent")
+        await self.store.write(code, set_consent(consent))
+        cookie: str | None = self.cookies.expire()
+        if consent:  # a code that cannot travel in a cookie (a space, say) gets none
+            cookie = self.cookies.set(code) if is_valid_code(code) else None
+        return json_response(
+            {"visitor_code": code, "consent": consent, "set_cookie": cookie},
+            headers={"Set-Cookie": cookie} if cookie else None,
+        )
+
+    async def visitor_code(self, request: web.BaseRequest) -> web.Response:
+        query = request.query
+        for name in query:
+            if name not in ("visitor_code", "default_visitor_code"):
+                raise invalid(
+                    f"unknown query parameter {name!r} "
+                    "(expected: default_visitor_code, visitor_code)",
+                    field=name,
+                )
+        code = choose_code(request.cookies.get(self.cookies.name), query)
+        cookie: str | None = self.cookies.set(code)
+        if self.consent_required and not await self._consented(code):
+            cookie = None
+        body = {"visitor_code": code, "set_cookie": cookie}
+        return json_response(body, headers={"Set-Cookie": cookie} if cookie else None)
+
+    async def _consented(self, code: str) -> bool:
+        _, _, record = await self.store.read(code)
+        return record is not None and record["consent"] is True
 
 
 def _read_filter(request: web.BaseRequest) -> tuple[frozenset[str] | None, int]:

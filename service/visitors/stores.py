@@ -11,16 +11,23 @@ from __future__ import annotations
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
 from service.errors import ApiError
 from service.visitors.changes import KEEP, Change, Write
-from service.visitors.records import Record, attributes_of, targeting
+from service.visitors.records import (
+    CONSENT,
+    Record,
+    attributes_of,
+    recorded,
+    targeting,
+)
 
-__all__ = ["MemoryVisitors", "StoreUnavailable", "VisitorStore", "now_ms"]
+__all__ = ["MemoryVisitors", "Profile", "StoreUnavailable", "VisitorStore", "now_ms"]
 
 
 class StoreUnavailable(ApiError):
@@ -32,6 +39,27 @@ class StoreUnavailable(ApiError):
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What the events pipeline needs of a stored visitor: who they are (the user id their
+    code links to), whether they consented, the user agent stored for them, and the stored
+    attributes their decision records carry."""
+
+    user_id: str | None
+    consent: bool | None
+    user_agent: str | None
+    attributes: Mapping[str, Any]
+
+
+def profile_of(code: str, identity: str, stored: Mapping[str, Any], now: int) -> Profile:
+    return Profile(
+        identity if identity != code else None,
+        stored.get(CONSENT),
+        stored.get("visitor.user_agent"),
+        recorded(stored, now),
+    )
 
 
 class VisitorStore(Protocol):
@@ -48,6 +76,15 @@ class VisitorStore(Protocol):
 
     async def attributes(self, code: str) -> Mapping[str, Any] | None:
         """The targeting attributes a decision for ``code`` sees now (None: no data)."""
+        ...
+
+    async def profiles(self, codes: Iterable[str]) -> dict[str, Profile]:
+        """The profiles of those of ``codes`` that have a record (one round trip); raises
+        ``StoreUnavailable`` when the store cannot answer."""
+        ...
+
+    def local_profiles(self, codes: Iterable[str]) -> dict[str, Profile] | None:
+        """``profiles`` without I/O, or None when this store cannot answer so."""
         ...
 
     async def read(self, code: str) -> tuple[str, str | None, Record | None]:
@@ -110,6 +147,19 @@ class MemoryVisitors:
             return None
         self.entries.move_to_end(identity)  # a decision is activity too
         return targeting(entry[1], now)
+
+    async def profiles(self, codes: Iterable[str]) -> dict[str, Profile]:
+        return self.local_profiles(codes)
+
+    def local_profiles(self, codes: Iterable[str]) -> dict[str, Profile]:
+        now = now_ms()
+        found = {}
+        for code in codes:
+            identity = self._link(code, now) or code
+            entry = self._entry(identity, now)
+            if entry is not None:
+                found[code] = profile_of(code, identity, entry[1], now)
+        return found
 
     async def read(self, code: str) -> tuple[str, str | None, Record | None]:
         now = now_ms()

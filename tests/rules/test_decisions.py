@@ -390,6 +390,7 @@ def test_outcome_names_the_answer_as_json_and_survives_recompiling(demo: rules.R
                 decision.flag_id,
                 decision.experiment_id,
                 decision.variation_id,
+                decision.rule_type,
             ]
             assert expected == json.loads(decision.outcome)
             assert decision.outcome == again.decide(key, visitor, FRENCH_PHONE).outcome

@@ -38,8 +38,8 @@ OURS, THEIRS = both_routers()
 
 
 async def aiohttp_match(path: str) -> tuple[str, tuple[str, ...]] | None:
-    """The template and variables aiohttp's router finds for a GET or POST of ``path``."""
-    for method in ("GET", "POST"):
+    """The template and variables aiohttp's router finds for a request of ``path``."""
+    for method in ("GET", "POST", "PUT", "DELETE"):
         info: Any = await THEIRS.resolve(make_mocked_request(method, path))
         if info.http_exception is None:
             return info.route.resource.canonical, tuple(info.values())
@@ -54,7 +54,8 @@ def our_match(path: str) -> tuple[str, tuple[str, ...]] | None:
 SEGMENTS = st.sampled_from(
     ["v1", "flags", "decision", "active", "variables", "variations", "visitors", "flush",
      "conversions", "ofrep", "evaluate", "healthz", "config", "stream", "banner", "", "a%2Fb",
-     "100%25", "x%20y", "caf%C3%A9", "decide", "track", "odp", "events", "webhooks", "refresh"]
+     "100%25", "x%20y", "caf%C3%A9", "decide", "track", "odp", "events", "webhooks", "refresh",
+     "data", "consent", "visitor-code", "tracking-code"]
 )  # fmt: skip
 
 
