@@ -95,12 +95,15 @@ def create_app(settings: Settings) -> web.Application:
     serving = Serving(store, metrics, app[LIMITS], settings.environment, recorder, visitors)
     serving.add_routes(shell)
     Catalog(store).add_routes(shell)
-    Tracking(store, pipeline, app[LIMITS]).add_routes(shell)
+    tracking = Tracking(store, pipeline, app[LIMITS])
+    tracking.add_routes(shell)
     Ofrep(serving, settings.refresh_interval).add_routes(shell)
     item_limits = ItemLimits(
         settings.visitor_max_items, settings.visitor_max_url, settings.visitor_max_cookies
     )
-    VisitorData(visitors, app[LIMITS], item_limits, settings.session_ttl).add_routes(shell)
+    VisitorData(visitors, app[LIMITS], item_limits, settings.session_ttl, tracking).add_routes(
+        shell
+    )
     VisitorIdentity(
         visitors,
         app[LIMITS],

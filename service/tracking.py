@@ -7,9 +7,11 @@ sink. Accepted events answer 202 with the record's ``uuid``.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from aiohttp import web
 
@@ -43,12 +45,24 @@ def _text(body: Mapping[str, Any], name: str, *, default: str | None = None) -> 
     return value
 
 
-def _is_integer(value: object) -> bool:
+def _is_integer(value: object) -> TypeGuard[int]:
     """A JSON integer that fits a signed 64-bit field (as the export's ``long`` does)."""
     return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
 
 
-def _is_number(value: object) -> bool:
+def _is_amount(value: object) -> bool:
+    """A finite JSON number whose cents fit a signed 64-bit field."""
+    return _is_number(value) and math.isfinite(value) and abs(value) < 2**53 / 100
+
+
+def to_cents(amount: float) -> int:
+    """Currency units to cents, rounded half up (away from zero): 19.99 -> 1999, 0.125 -> 13.
+    Taken from the number's shortest decimal text, so 19.99 is not 1998.9999..."""
+    cents = (Decimal(repr(amount)) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP)
+    return int(cents)
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -121,8 +135,10 @@ class Tracking:
             raise ApiError(
                 404, "EVENT_NOT_FOUND", f"no event {event_key!r} in the rules", "event_key"
             )
-        return self._conversion(
-            request, visitor, event, attributes, revenue, value, 1, tags, revision
+        return self._record(
+            self._conversion_record(
+                request, visitor, event, attributes, revenue, value, 1, tags, revision
+            )
         )
 
     async def convert(self, request: web.BaseRequest, visitor_code: str) -> web.Response:
@@ -133,23 +149,52 @@ class Tracking:
         if not _is_integer(goal):
             raise invalid("goal_id must be an integer", field="goal_id")
         revenue = body.get("revenue")
-        if revenue is not None and not _is_integer(revenue):
-            raise invalid("revenue must be an integer (cents)", field="revenue")
+        if revenue is not None and not _is_amount(revenue):
+            raise invalid("revenue must be a number (currency units)", field="revenue")
         negative = body.get("negative", False)
         if not isinstance(negative, bool):
             raise invalid("negative must be true or false", field="negative")
+        event, revision = self.goal(goal)
+        return self._record(self.goal_record(request, visitor, event, revision, revenue, negative))
+
+    def goal(self, goal_id: int, field: str = "goal_id") -> tuple[Event, str]:
+        """The event the rules declare with ``goal_id``, and the rules' revision; 404
+        EVENT_NOT_FOUND naming ``field`` when there is none."""
         events, revision = self._declared()
-        event = next((event for event in events.values() if event.id == goal), None)
+        event = next((event for event in events.values() if event.id == goal_id), None)
         if event is None:
             raise ApiError(
-                404, "EVENT_NOT_FOUND", f"no event with id {goal} in the rules", "goal_id"
+                404, "EVENT_NOT_FOUND", f"no event with id {goal_id} in the rules", field
             )
-        if negative:  # a cancelled conversion: it takes one back, and its revenue with it
-            revenue = -revenue if revenue is not None else None
-        quantity = -1 if negative else 1
-        return self._conversion(request, visitor, event, {}, revenue, None, quantity, {}, revision)
+        return event, revision
 
-    def _conversion(
+    def goal_record(
+        self,
+        request: web.BaseRequest,
+        visitor: str,
+        event: Event,
+        revision: str,
+        revenue: float | None,
+        negative: bool,
+    ) -> dict[str, Any]:
+        """The conversion record of a goal reached, as Kameleoon's ``track_conversion``
+        sends it: ``revenue`` in currency units (kept in cents, rounded half up), and a
+        ``negative`` conversion taking one (and its revenue) back."""
+        cents = to_cents(revenue) if revenue is not None else None
+        if negative and cents is not None:
+            cents = -cents
+        quantity = -1 if negative else 1
+        return self._conversion_record(
+            request, visitor, event, {}, cents, None, quantity, {}, revision
+        )
+
+    def accept(self, record: dict[str, Any]) -> bool:
+        """Queue a record built here; False when events are off."""
+        if self.recording:
+            self.pipeline.accept(record)
+        return self.recording
+
+    def _conversion_record(
         self,
         request: web.BaseRequest,
         visitor: str,
@@ -160,7 +205,7 @@ class Tracking:
         quantity: int,
         tags: Mapping[str, Any],
         revision: str,
-    ) -> web.Response:
+    ) -> dict[str, Any]:
         now = time.time()
         session = self.pipeline.sessions.touch(visitor, now)
         record = conversion_record(
@@ -180,7 +225,7 @@ class Tracking:
             tags=tags,
             revision=revision,
         )
-        return self._record(record)
+        return record
 
     async def odp_event(self, request: web.BaseRequest) -> web.Response:
         body = await read_json(request, self.limits)

@@ -16,6 +16,7 @@ from service.visitors.stores import VisitorStore, now_ms
 
 if TYPE_CHECKING:
     from service.shell import Shell
+    from service.tracking import Tracking
 
 __all__ = ["VisitorData", "VisitorIdentity"]
 
@@ -24,8 +25,17 @@ DEFAULT_PREVIOUS_VISITS: Final = 1
 
 
 class VisitorData:
-    def __init__(self, store: VisitorStore, limits: Limits, items: ItemLimits, ttl: float) -> None:
+    def __init__(
+        self,
+        store: VisitorStore,
+        limits: Limits,
+        items: ItemLimits,
+        ttl: float,
+        tracking: Tracking,
+    ) -> None:
         self.store = store
+        #: Records a conversion item as POST .../conversions records it.
+        self.tracking = tracking
         self.limits = limits
         self.items = items
         self.ttl = int(ttl * 1000)
@@ -51,7 +61,24 @@ class VisitorData:
     async def add(self, request: web.BaseRequest, visitor_code: str) -> web.Response:
         code = check_visitor_code(visitor_code)
         items = read_items(await read_json(request, self.limits), self.items)
+        goals = [  # every goal checked before anything is stored
+            self.tracking.goal(item["goal_id"], f"data[{index}].goal_id")
+            for index, item in enumerate(items)
+            if item["type"] == "conversion"
+        ]
         change = await self.store.write(code, add_data(items))
+        conversions = (item for item in items if item["type"] == "conversion")
+        for (event, revision), item in zip(goals, conversions, strict=True):
+            self.tracking.accept(
+                self.tracking.goal_record(
+                    request,
+                    code,
+                    event,
+                    revision,
+                    item.get("revenue"),
+                    item.get("negative", False),
+                )
+            )
         link = change.id if change.id != code else None
         return self._answer(code, link, change.record())
 

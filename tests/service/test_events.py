@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import rules
+from service.tracking import to_cents
 from tests.service.conftest import DEMO, Api, AppFactory
 
 FR_PHONE = {"geo": {"country": "FR"}, "device": "phone"}
@@ -214,15 +215,16 @@ async def test_track_records_a_conversion_attributed_to_the_session(
 
 
 async def test_goal_conversions_including_a_cancelled_one(api: Api, tmp_path: Path) -> None:
-    """A goal conversion counts one; a negative one takes one back with its revenue."""
+    """A goal conversion counts one; a negative one takes one back with its revenue, given in
+    currency units as Kameleoon sends it and kept in cents."""
     path = {"visitor_code": "buyer-1"}
     first = await api.post(
-        "/v1/visitors/{visitor_code}/conversions", path, json={"goal_id": 83023, "revenue": 1999}
+        "/v1/visitors/{visitor_code}/conversions", path, json={"goal_id": 83023, "revenue": 19.99}
     )
     second = await api.post(
         "/v1/visitors/{visitor_code}/conversions",
         path,
-        json={"goal_id": 83023, "revenue": 1999, "negative": True},
+        json={"goal_id": 83023, "revenue": 19.99, "negative": True},
     )
     assert (202, 202) == (first.status, second.status)
     records = await delivered(api, tmp_path, 2)
@@ -414,3 +416,12 @@ async def test_events_off_records_nothing_and_says_so(start: AppFactory, tmp_pat
     assert (202, "discarded") == (reply.status, reply.body["status"])
     assert [] == config["sinks"]
     assert not (tmp_path / "events").exists()
+
+
+@pytest.mark.parametrize(
+    ("revenue", "cents"),
+    [(19.99, 1999), (0.125, 13), (2.675, 268), (-0.125, -13), (7, 700), (1e-9, 0)],
+)
+def test_currency_units_become_cents_rounded_half_up(revenue: float, cents: int) -> None:
+    """Rounded from the number's decimal text, half away from zero."""
+    assert cents == to_cents(revenue)

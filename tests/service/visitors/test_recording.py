@@ -204,3 +204,30 @@ async def test_screening_never_holds_back_other_events(api: Api, tmp_path: Path)
     records = await delivered(api, tmp_path, len(_exposures(visitor)))
     await asyncio.sleep(0)
     assert len(written(tmp_path)) == len(records)
+
+
+async def test_a_conversion_item_is_also_a_conversion_event(api: Api, tmp_path: Path) -> None:
+    """Stored for targeting (visitor.goals) and recorded as POST .../conversions records it."""
+    item = {"type": "conversion", "goal_id": 83023, "revenue": 19.99}
+    added = await api.post(DATA, {"visitor_code": "buyer"}, json={"data": [item]})
+    assert 200 == added.status
+    [record] = await delivered(api, tmp_path, 1)
+    assert ("conversion", "purchase", 1999, 1, "buyer") == (
+        record["kind"],
+        record["event_name"],
+        record["revenue"],
+        record["quantity"],
+        record["visitor_id"],
+    )
+
+
+async def test_an_undeclared_goal_stores_nothing(api: Api, tmp_path: Path) -> None:
+    """A conversion item for a goal the rules do not declare: 404 naming it, nothing kept."""
+    items = [{"type": "device", "device": "phone"}, {"type": "conversion", "goal_id": 1}]
+    reply = await api.post(DATA, {"visitor_code": "buyer"}, json={"data": items})
+    assert (404, "EVENT_NOT_FOUND", "data[1].goal_id") == (
+        reply.status,
+        reply.body["error"]["code"],
+        reply.body["error"]["field"],
+    )
+    assert {} == (await api.get(DATA, {"visitor_code": "buyer"})).body["data"]
