@@ -28,6 +28,7 @@ from service.payloads import (
     read_query,
 )
 from service.store import RulesStore, Snapshot
+from service.visitors.recent import RecentExposures
 from service.visitors.stores import VisitorStore
 
 if TYPE_CHECKING:
@@ -49,9 +50,11 @@ class Serving:
         environment: str | None,
         recorder: Recorder | None = None,
         visitors: VisitorStore | None = None,
+        recent: RecentExposures | None = None,
     ) -> None:
         self.store = store
         self.visitors = visitors
+        self.recent = recent  # experiment assignments for the tracking code
         self.recorder = recorder  # None when events are off
         self.limits = limits
         self.environment = environment  # the default; None means the rules' first
@@ -124,6 +127,8 @@ class Serving:
                 headers.get(REFERER),
                 snapshot.ruleset.revision,
             )
+        if query.track and decision.rule_type == "experiment" and self.recent is not None:
+            self.recent.note(query.visitor_code, (decision,))
         return web.Response(body=encoded(snapshot, decision), content_type=JSON)
 
     async def _decision(
@@ -151,6 +156,8 @@ class Serving:
                 headers.get(REFERER),
                 ruleset.revision,
             )
+        if query.track and decision.rule_type == "experiment" and self.recent is not None:
+            self.recent.note(query.visitor_code, (decision,))
         return decision
 
     async def is_active(self, request: web.BaseRequest, flag: str) -> web.Response:
@@ -197,6 +204,9 @@ class Serving:
                     request.headers.get(REFERER),
                     ruleset.revision,
                 )
+            if query.track and self.recent is not None:
+                exposed = constant_exposures(snapshot, environment, query.active_only)
+                self.recent.note(query.visitor_code, (*exposed, *decisions.values()))
             parts = members(snapshot, decisions)
             if constant:  # not first or last: those get the head and tail (_decide_response)
                 parts.insert(1, constant)
@@ -220,4 +230,6 @@ class Serving:
                 request.headers.get(REFERER),
                 ruleset.revision,
             )
+        if query.track and self.recent is not None:
+            self.recent.note(query.visitor_code, decisions.values())
         return decide_body(query, ruleset.revision, members(snapshot, decisions), errors)

@@ -27,6 +27,7 @@ from service.keys import (
     LIMITS,
     METRICS,
     PIPELINE,
+    RECENT,
     REFRESHER,
     SETTINGS,
     SHELL,
@@ -46,6 +47,7 @@ from service.tracking import Tracking
 from service.visitors.bots import BotJudge
 from service.visitors.codes import CookiePolicy
 from service.visitors.items import ItemLimits
+from service.visitors.recent import RecentExposures, run_recent
 from service.visitors.redis_store import RedisVisitors
 from service.visitors.routes import VisitorData, VisitorIdentity
 from service.visitors.screening import VisitorScreen
@@ -92,7 +94,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_events_context)
     app.on_shutdown.append(_end_streams)
     recorder = pipeline.recorder if pipeline.workers else None
-    serving = Serving(store, metrics, app[LIMITS], settings.environment, recorder, visitors)
+    app[RECENT] = recent = RecentExposures(visitors)
+    serving = Serving(store, metrics, app[LIMITS], settings.environment, recorder, visitors, recent)
     serving.add_routes(shell)
     Catalog(store).add_routes(shell)
     tracking = Tracking(store, pipeline, app[LIMITS])
@@ -108,6 +111,7 @@ def create_app(settings: Settings) -> web.Application:
         visitors,
         app[LIMITS],
         CookiePolicy(settings.visitor_cookie, settings.cookie_domain),
+        recent,
         consent_required=settings.consent_required,
     ).add_routes(shell)
     Operations(settings, store, metrics, pipeline, app[REFRESHER], app[LIMITS]).add_routes(shell)
@@ -133,7 +137,11 @@ def _visitor_store(settings: Settings) -> VisitorStore:
 async def _visitors_context(app: web.Application) -> AsyncIterator[None]:
     visitors = app[VISITORS]
     await visitors.start()
+    sharing = asyncio.create_task(run_recent(app[RECENT]), name="flagpost-tracking-notes")
     yield
+    sharing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sharing
     await visitors.close()
 
 

@@ -11,9 +11,20 @@ from service.refresher import Refresher
 from service.settings import Settings
 from service.shell import Shell
 from service.store import RulesStore
+from service.visitors.recent import RecentExposures
 from service.visitors.stores import VisitorStore
 
-__all__ = ["LIMITS", "METRICS", "PIPELINE", "REFRESHER", "SETTINGS", "SHELL", "STORE", "VISITORS"]
+__all__ = [
+    "LIMITS",
+    "METRICS",
+    "PIPELINE",
+    "RECENT",
+    "REFRESHER",
+    "SETTINGS",
+    "SHELL",
+    "STORE",
+    "VISITORS",
+]
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", RulesStore)
@@ -23,3 +34,4 @@ LIMITS = web.AppKey("limits", Limits)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 SHELL = web.AppKey("shell", Shell)
 VISITORS = web.AppKey("visitors", VisitorStore)
+RECENT = web.AppKey("recent", RecentExposures)

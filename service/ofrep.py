@@ -125,6 +125,8 @@ class Ofrep:
                 headers.get(REFERER),
                 ruleset.revision,
             )
+        if decision.rule_type == "experiment" and self.serving.recent is not None:
+            self.serving.recent.note(visitor, (decision,))
         return json_response(_success(decision, ruleset.revision))
 
     async def evaluate_all(self, request: web.BaseRequest) -> web.Response:
@@ -154,6 +156,8 @@ class Ofrep:
                 request.headers.get(REFERER),
                 ruleset.revision,
             )
+        if self.serving.recent is not None:
+            self.serving.recent.note(visitor, decisions.values())
         flags = [_success(decisions[key], ruleset.revision) for key in ruleset.flag_keys]
         body = orjson.dumps({"flags": flags})
         # The tag is the content's own hash: equal answers (same rules, same context) match.

@@ -36,6 +36,9 @@ PREFIX: Final = "flagpost:visitor:"
 RECORD: Final = PREFIX + "r:"
 ATTRIBUTES: Final = PREFIX + "a:"
 LINK: Final = PREFIX + "l:"
+RECENT: Final = PREFIX + "x:"
+#: Recent assignments kept per visitor (the newest).
+KEPT_RECENT: Final = 50
 #: Seconds during which decisions skip a store that just failed (then one tries again).
 BACKOFF: Final = 1.0
 #: Times a write is retried when other processes keep changing the same visitor.
@@ -131,6 +134,29 @@ class RedisVisitors:
 
     def local_profiles(self, codes: Iterable[str]) -> dict[str, Profile] | None:
         return None  # everything is in Redis
+
+    async def add_recent(self, notes: list[tuple[str, Any]], window: float) -> None:
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                pipe = self.client.pipeline(transaction=False)
+                for visitor, noted in notes:
+                    pipe.rpush(RECENT + visitor, orjson.dumps(noted))
+                for visitor in {visitor for visitor, _ in notes}:
+                    pipe.ltrim(RECENT + visitor, -KEPT_RECENT, -1)
+                    pipe.pexpire(RECENT + visitor, int(window * 1000))
+                await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as error:
+            self.write_errors += 1
+            raise StoreUnavailable(_why(error)) from None
+
+    async def recent(self, code: str) -> list[Any]:
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                raws = await self.client.lrange(RECENT + code, 0, -1)
+        except (RedisError, OSError, TimeoutError) as error:
+            self.read_errors += 1
+            raise StoreUnavailable(_why(error)) from None
+        return [tuple(orjson.loads(raw)) for raw in raws]
 
     async def read(self, code: str) -> tuple[str, str | None, Record | None]:
         try:

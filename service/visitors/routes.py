@@ -11,6 +11,7 @@ from service.payloads import Limits, check_visitor_code, read_json, refuse_unkno
 from service.visitors.changes import add_data, forget, set_consent
 from service.visitors.codes import CookiePolicy, choose_code, is_valid_code
 from service.visitors.items import KINDS, ItemLimits, read_items
+from service.visitors.recent import Assignment, RecentExposures, tracking_code
 from service.visitors.records import KEPT_VISITS, Record, view
 from service.visitors.stores import VisitorStore, now_ms
 
@@ -95,12 +96,19 @@ class VisitorData:
 
 
 class VisitorIdentity:
-    """Consent and the visitor code cookie."""
+    """Consent, the visitor code cookie and the engine tracking code."""
 
     def __init__(
-        self, store: VisitorStore, limits: Limits, cookies: CookiePolicy, *, consent_required: bool
+        self,
+        store: VisitorStore,
+        limits: Limits,
+        cookies: CookiePolicy,
+        recent: RecentExposures,
+        *,
+        consent_required: bool,
     ) -> None:
         self.store = store
+        self.recent = recent
         self.limits = limits
         self.cookies = cookies
         self.consent_required = consent_required
@@ -108,6 +116,16 @@ class VisitorIdentity:
     def add_routes(self, router: Shell) -> None:
         router.add("PUT", "/v1/visitors/{visitor_code}/consent", self.consent)
         router.add("GET", "/v1/visitor-code", self.visitor_code)
+        router.add("GET", "/v1/visitors/{visitor_code}/tracking-code", self.tracking_code)
+
+    async def tracking_code(self, request: web.BaseRequest, visitor_code: str) -> web.Response:
+        code = check_visitor_code(visitor_code)
+        for name in request.query:
+            raise invalid(f"unknown query parameter {name!r} (expected none)", field=name)
+        assignments: list[Assignment] = []
+        if not self.consent_required or await self._consented(code):
+            assignments = await self.recent.assignments(code)
+        return web.Response(text=tracking_code(assignments), content_type="application/javascript")
 
     async def consent(self, request: web.BaseRequest, visitor_code: str) -> web.Response:
         code = check_visitor_code(visitor_code)

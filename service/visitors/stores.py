@@ -87,6 +87,14 @@ class VisitorStore(Protocol):
         """``profiles`` without I/O, or None when this store cannot answer so."""
         ...
 
+    async def add_recent(self, notes: list[tuple[str, Any]], window: float) -> None:
+        """Share recent experiment assignments (visitor, JSON-able note) for ``window`` s."""
+        ...
+
+    async def recent(self, code: str) -> list[Any]:
+        """The shared recent assignments of ``code`` (tuples), oldest first."""
+        ...
+
     async def read(self, code: str) -> tuple[str, str | None, Record | None]:
         """(the code, the user id it links to or None, the record it resolves to or None)."""
         ...
@@ -160,6 +168,12 @@ class MemoryVisitors:
             if entry is not None:
                 found[code] = profile_of(code, identity, entry[1], now)
         return found
+
+    async def add_recent(self, notes: list[tuple[str, Any]], window: float) -> None:
+        return None  # one process: its own notes are all there is
+
+    async def recent(self, code: str) -> list[Any]:
+        return []
 
     async def read(self, code: str) -> tuple[str, str | None, Record | None]:
         now = now_ms()

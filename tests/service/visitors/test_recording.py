@@ -231,3 +231,23 @@ async def test_an_undeclared_goal_stores_nothing(api: Api, tmp_path: Path) -> No
         reply.body["error"]["field"],
     )
     assert {} == (await api.get(DATA, {"visitor_code": "buyer"})).body["data"]
+
+
+async def test_the_tracking_code_hands_over_recent_experiment_assignments(api: Api) -> None:
+    """Each experiment exposure becomes an assignVariation and a trigger, ids as recorded."""
+    visitor = _visitor_with_both_kinds()
+    experiments = [
+        d for d in RULESET.decide_all(visitor, _context(visitor)).values()
+        if d.rule_type == "experiment"
+    ]  # fmt: skip
+    await _decide_all(api, visitor)
+    reply = await api.get("/v1/visitors/{visitor_code}/tracking-code", {"visitor_code": visitor})
+    expected = "window.kameleoonQueue=window.kameleoonQueue||[];" + "".join(
+        f"window.kameleoonQueue.push(['Experiments.assignVariation',{d.experiment_id},{d.variation_id}]);"
+        f"window.kameleoonQueue.push(['Experiments.trigger',{d.experiment_id},true]);"
+        for d in sorted(experiments, key=lambda d: d.flag)
+    )
+    assert reply.headers["Content-Type"].startswith("application/javascript")
+    assert sorted(expected.split(";")) == sorted(reply.body.decode().split(";"))
+    other = await api.get("/v1/visitors/{visitor_code}/tracking-code", {"visitor_code": "nobody"})
+    assert b"window.kameleoonQueue=window.kameleoonQueue||[];" == other.body

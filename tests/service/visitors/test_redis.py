@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import rules
 from service.visitors.changes import add_data, forget
 from service.visitors.redis_store import RedisVisitors
 from service.visitors.stores import StoreUnavailable
@@ -162,3 +164,80 @@ async def test_the_redis_store_answers_the_routes_as_documented(start: Any, redi
         added = await api_.post(DATA, {"visitor_code": "v1"}, json={"data": CART})
         read = await api_.get(DATA, {"visitor_code": "v1"})
         assert added.body["data"] == read.body["data"]
+
+
+def _records(directory: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for path in sorted(directory.glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+
+
+def _wait_for(check: Any, what: str) -> Any:
+    deadline = time.monotonic() + 10
+    while not (found := check()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+    return found
+
+
+def test_consent_and_assignments_are_shared_by_processes(tmp_path: Path, redis_url: str) -> None:
+    """Consent given or withdrawn through one process governs what another records, and an
+    experiment exposure on one appears in the other's tracking code."""
+    visitors = _visitors_with_an_experiment(2)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    shared = {"FLAGPOST_VISITORS": redis_url, "FLAGPOST_CONSENT_REQUIRED": "true"}
+    with (
+        running_service(tmp_path / "one", DEMO, **shared) as one,
+        running_service(tmp_path / "two", DEMO, **shared) as two,
+    ):
+        consenting, withdrawn = visitors
+        _call(one, "PUT", f"/v1/visitors/{consenting}/consent", {"consent": True})
+        _call(one, "PUT", f"/v1/visitors/{withdrawn}/consent", {"consent": True})
+        _call(one, "PUT", f"/v1/visitors/{withdrawn}/consent", {"consent": False})
+        for visitor in visitors:
+            _call(
+                two, "POST", "/v1/decide", {"visitor_code": visitor, "context": _context(visitor)}
+            )
+        _call(two, "POST", "/v1/visitors/anyone/flush", {})
+        events = tmp_path / "two" / "events"
+        records = _wait_for(
+            lambda: [r for r in _records(events) if r["rule"] in EXPERIMENTS], "no experiment"
+        )
+        time.sleep(0.3)  # and nothing else arrives for the visitor who withdrew
+        assert {consenting} == {
+            r["visitor_id"] for r in _records(events) if r["rule"] in EXPERIMENTS
+        }
+        assert records
+        code = _wait_for(
+            lambda: _text(one, f"/v1/visitors/{consenting}/tracking-code").count("assignVariation"),
+            "the assignment did not reach the other process",
+        )
+        assert code >= 1
+
+
+EXPERIMENTS = {"checkout_ab", "widgets_abn"}
+
+
+def _context(visitor: str) -> dict[str, Any]:
+    return {"account_id": visitor}
+
+
+def _visitors_with_an_experiment(count: int) -> list[str]:
+    ruleset = rules.load(DEMO.read_bytes())
+    found = [
+        f"v{n}"
+        for n in range(1000)
+        if any(
+            d.rule_type == "experiment"
+            for d in ruleset.decide_all(f"v{n}", _context(f"v{n}")).values()
+        )
+    ]
+    return found[:count]
+
+
+def _text(base: str, path: str) -> str:
+    with urllib.request.urlopen(base + path, timeout=10) as response:
+        return str(response.read().decode())

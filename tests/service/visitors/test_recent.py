@@ -1,0 +1,45 @@
+"""The engine tracking code's window and its JavaScript."""
+
+from __future__ import annotations
+
+import time
+
+import rules
+from service.visitors.recent import WINDOW, RecentExposures, assignment, tracking_code
+from tests.service.conftest import DEMO
+
+RULESET = rules.load(DEMO.read_bytes())
+
+
+def _experiment_decision() -> rules.Decision:
+    for number in range(1000):
+        decision = RULESET.decide("new_checkout", f"v{number}", {"account_id": f"a{number}"})
+        if decision.rule_type == "experiment":
+            return decision
+    raise AssertionError("no experiment exposure")
+
+
+async def test_only_the_last_seconds_count() -> None:
+    """An assignment older than the window is left out; targeted deliveries never count."""
+    recent = RecentExposures(None)
+    decision = _experiment_decision()
+    recent.note("v", [decision, RULESET.decide("search_ranking", "v", {})])
+    assert [decision.experiment_id] == [a[1] for a in await recent.assignments("v")]
+    recent.local["v"] = [(time.time() - WINDOW - 1, 1, 2)]
+    assert [] == await recent.assignments("v")
+    recent.sweep()
+    assert "v" not in recent.local
+
+
+def test_keys_stand_in_for_missing_ids_as_json_strings() -> None:
+    """Integer ids are numbers; a rule or variation without an id is its key, quoted."""
+    code = tracking_code([(1.0, "checkout_ab", "on"), (2.0, 9001, 1), (3.0, 9001, 1)])
+    assert (
+        "window.kameleoonQueue=window.kameleoonQueue||[];"
+        'window.kameleoonQueue.push([\'Experiments.assignVariation\',"checkout_ab","on"]);'
+        "window.kameleoonQueue.push(['Experiments.trigger',\"checkout_ab\",true]);"
+        "window.kameleoonQueue.push(['Experiments.assignVariation',9001,1]);"
+        "window.kameleoonQueue.push(['Experiments.trigger',9001,true]);"
+    ) == code
+    decision = _experiment_decision()
+    assert (decision.experiment_id, decision.variation_id) == assignment(decision, 0.0)[1:]
