@@ -98,7 +98,7 @@ def create_app(settings: Settings) -> web.Application:
     serving = Serving(store, metrics, app[LIMITS], settings.environment, recorder, visitors, recent)
     serving.add_routes(shell)
     Catalog(store).add_routes(shell)
-    tracking = Tracking(store, pipeline, app[LIMITS])
+    tracking = Tracking(store, pipeline, app[LIMITS], visitors)
     tracking.add_routes(shell)
     Ofrep(serving, settings.refresh_interval).add_routes(shell)
     item_limits = ItemLimits(

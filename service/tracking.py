@@ -18,10 +18,18 @@ from aiohttp import web
 from rules.model import Event
 from service.errors import ApiError, invalid, json_response
 from service.events.pipeline import Pipeline
-from service.events.records import conversion_record, events_in, new_uuids, odp_record
+from service.events.records import (
+    conversion_record,
+    events_in,
+    new_uuids,
+    odp_record,
+    visitor_data_record,
+)
 from service.events.sessions import NUMBER, outcomes_of
 from service.payloads import Limits, check_context, check_visitor_code, read_json, refuse_unknown
 from service.store import RulesStore
+from service.visitors.changes import take_unflushed
+from service.visitors.stores import VisitorStore
 
 if TYPE_CHECKING:
     from service.shell import Shell
@@ -85,8 +93,15 @@ def _flat_object(
 
 
 class Tracking:
-    def __init__(self, store: RulesStore, pipeline: Pipeline, limits: Limits) -> None:
+    def __init__(
+        self,
+        store: RulesStore,
+        pipeline: Pipeline,
+        limits: Limits,
+        visitors: VisitorStore | None = None,
+    ) -> None:
         self.store = store
+        self.visitors = visitors
         self.pipeline = pipeline
         self.limits = limits
         self.recording = bool(pipeline.workers)
@@ -255,14 +270,34 @@ class Tracking:
         return self._record(record)
 
     async def flush(self, request: web.BaseRequest, visitor_code: str) -> web.Response:
+        """Send what is queued now, and the visitor data added since the visitor's last
+        flush (conversion items are not sent again: they were recorded when added)."""
         visitor = check_visitor_code(visitor_code)
         await read_json(request, self.limits)  # a body, if any, must still be valid JSON
         pending = sum(
             events_in(item) for item in self.pipeline.queue.items if _visitor_of(item) == visitor
         )
-        self.pipeline.flush()
-        body = {"visitor_code": visitor, "flushed": pending}
+        try:
+            sent = await self._send_visitor_data(visitor)
+        finally:
+            self.pipeline.flush()
+        body = {"visitor_code": visitor, "flushed": pending + sent, "data": sent}
         return json_response(body, 202)
+
+    async def _send_visitor_data(self, visitor: str) -> int:
+        if self.visitors is None or not self.recording:
+            return 0
+        taken = (await self.visitors.write(visitor, take_unflushed())).result
+        items = [item for item in taken if item["type"] != "conversion"]
+        now = time.time()
+        session = self.pipeline.sessions.id_of(self.pipeline.sessions.touch(visitor, now)[NUMBER])
+        for uuid, item in zip(new_uuids(len(items)), items, strict=True):
+            self.pipeline.accept(
+                visitor_data_record(
+                    uuid=uuid, seconds=now, visitor=visitor, session=session, item=item
+                )
+            )
+        return len(items)
 
 
 def _visitor_of(item: object) -> str | None:

@@ -1,8 +1,10 @@
-"""Event records: the decision and conversion rows of the enriched-events export, and ODP events.
+"""Event records: the decision and conversion rows of the enriched-events export, ODP events,
+and the visitor data a flush sends.
 
-Every record is a JSON object carrying ``kind`` (``decision``, ``conversion`` or ``odp``) so
-one JSON Lines file can hold all three. Identifiers are strings, as in the export schema; where
-the rules give no numeric id, the key stands in for it, so a row can always be joined.
+Every record is a JSON object carrying ``kind`` (``decision``, ``conversion``, ``odp`` or
+``visitor_data``) so one JSON Lines file can hold them all. Identifiers are strings, as in
+the export schema; where the rules give no numeric id, the key stands in for it, so a row
+can always be joined.
 
 Exposures are queued as cheap tuples on the hot path and become records here, in the
 background flusher, written straight to JSON text: a batch is mostly a few decisions and the
@@ -44,6 +46,7 @@ __all__ = [
     "tag_map",
     "take_batch",
     "uuid_prefix",
+    "visitor_data_record",
 ]
 
 log = get_logger(__name__)
@@ -378,6 +381,26 @@ def conversion_record(
         "quantity": quantity,
         "tags": tag_map(tags),
         "revision": revision,
+        "client_engine": CLIENT_ENGINE,
+        "client_version": CLIENT_VERSION,
+    }
+
+
+def visitor_data_record(
+    *, uuid: str, seconds: float, visitor: str, session: str, item: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A data item a visitor's flush sends (a page view, custom data, ...): its type and
+    fields, when it was added (``timestamp``) and when it was sent (``process_timestamp``)."""
+    data = {name: value for name, value in item.items() if name not in ("type", "time", "seq")}
+    return {
+        "kind": "visitor_data",
+        "uuid": uuid,
+        "timestamp": int(item["time"]),
+        "process_timestamp": int(seconds * 1000),
+        "visitor_id": visitor,
+        "session_id": session,
+        "type": item["type"],
+        "data": data,
         "client_engine": CLIENT_ENGINE,
         "client_version": CLIENT_VERSION,
     }

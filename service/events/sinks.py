@@ -32,10 +32,10 @@ from service.redaction import public_url
 __all__ = ["DeliveryError", "FileSink", "HttpSink", "Rejected", "Sink", "parse_sink"]
 
 T = TypeVar("T")
-ALL_KINDS = frozenset({"decision", "conversion", "odp"})
+ALL_KINDS = frozenset({"decision", "conversion", "odp", "visitor_data"})
 FORMATS = {
     "native": ALL_KINDS,
-    "tracker": frozenset({"decision", "conversion"}),
+    "tracker": frozenset({"decision", "conversion", "visitor_data"}),
     "odp": frozenset({"odp"}),
 }
 
@@ -231,14 +231,19 @@ def tracker_payloads(records: Iterable[dict[str, Any]], source_id: str) -> list[
                 "options": {},
             }
         kind = record["kind"]
+        if kind == "visitor_data":  # typed by slug (page-view, custom-data, ...)
+            kind, properties = record["type"].replace("_", "-"), record["data"]
+        else:
+            kind = "flag-exposure" if kind == "decision" else "conversion"
+            properties = {
+                name: value
+                for name, value in record.items()
+                if name not in ("kind", "visitor_id", "session_id")
+            }
         payload["events"].append(
             {
-                "type": "flag-exposure" if kind == "decision" else "conversion",
-                "properties": {
-                    name: value
-                    for name, value in record.items()
-                    if name not in ("kind", "visitor_id", "session_id")
-                },
+                "type": kind,
+                "properties": properties,
                 "time": {"insert": _iso(record["timestamp"])},
                 "options": {},
                 "context": {},

@@ -83,7 +83,8 @@ class VisitorScreen:
         bots = no_consent = 0
         for item in items:
             if isinstance(item, dict):
-                if item.get("kind") != "conversion":
+                kind = item.get("kind")
+                if kind not in _VISITORS_RECORDS:
                     kept.append(item)
                     continue
                 profile = profiles.get(item["visitor_id"]) if profiles else None
@@ -91,7 +92,11 @@ class VisitorScreen:
                 if self.bots.is_bot(stored, item.get("user_agent")):
                     bots += 1
                     continue
-                kept.append(self._conversion(item, profile, self._consented(profiles, profile)))
+                consented = self._consented(profiles, profile)
+                if kind == "visitor_data" and not consented:  # kept for targeting, never sent
+                    no_consent += 1
+                    continue
+                kept.append(self._conversion(item, profile, consented))
                 continue
             seconds, visitor, number, exposed, context, agent, referer, revision = item
             profile = profiles.get(visitor) if profiles else None
@@ -125,6 +130,7 @@ class VisitorScreen:
 
     @staticmethod
     def _conversion(record: dict[str, Any], profile: Profile | None, consented: bool) -> Item:
+        """A conversion or visitor data record, under the user id, bare without consent."""
         changed = dict(record)
         if profile is not None and profile.user_id:
             changed["visitor_id"] = profile.user_id
@@ -133,11 +139,15 @@ class VisitorScreen:
         return changed
 
 
+#: The built records that belong to a visitor (the screen's business).
+_VISITORS_RECORDS: Final = frozenset({"conversion", "visitor_data"})
+
+
 def _visitors(items: list[Item]) -> set[str]:
     found = set()
     for item in items:
         if isinstance(item, dict):
-            if item.get("kind") == "conversion":
+            if item.get("kind") in _VISITORS_RECORDS:
                 found.add(item["visitor_id"])
         else:
             found.add(item[1])

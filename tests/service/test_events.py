@@ -384,7 +384,7 @@ async def test_flush_reports_the_visitors_pending_events(start: AppFactory) -> N
         decided = await api.post("/v1/decide", json={"visitor_code": visitor, "context": FR_PHONE})
         assert 200 == decided.status
         reply = await api.post("/v1/visitors/{visitor_code}/flush", {"visitor_code": visitor})
-    assert {"visitor_code": visitor, "flushed": 2 + exposures} == reply.body
+    assert {"visitor_code": visitor, "flushed": 2 + exposures, "data": 0} == reply.body
 
 
 async def test_config_and_metrics_show_the_sinks(api: Api, tmp_path: Path) -> None:

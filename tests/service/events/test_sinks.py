@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.events.sinks import FileSink, HttpSink, parse_sink
+from service.events.sinks import FileSink, HttpSink, parse_sink, tracker_payloads
 
 
 def sink(spec: str) -> object:
@@ -41,3 +41,17 @@ def test_unusable_specs_are_refused_without_their_secrets(spec: str, reason: str
         sink(spec)
     assert "t0ken" not in str(refused.value)
     assert ":pw@" not in str(refused.value)
+
+
+def test_visitor_data_goes_to_the_tracker_typed_by_slug() -> None:
+    """A visitor_data record is an event whose type is its slug and whose properties its data."""
+    record = {
+        "kind": "visitor_data", "uuid": "u", "timestamp": 1_700_000_000_000,
+        "process_timestamp": 1_700_000_000_500, "visitor_id": "v", "session_id": "s",
+        "type": "page_view", "data": {"url": "https://a.example/"},
+        "client_engine": "flagpost", "client_version": "0",
+    }  # fmt: skip
+    [payload] = tracker_payloads([record], "src")
+    assert [("page-view", {"url": "https://a.example/"})] == [
+        (event["type"], event["properties"]) for event in payload["events"]
+    ]

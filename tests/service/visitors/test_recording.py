@@ -251,3 +251,44 @@ async def test_the_tracking_code_hands_over_recent_experiment_assignments(api: A
     assert sorted(expected.split(";")) == sorted(reply.body.decode().split(";"))
     other = await api.get("/v1/visitors/{visitor_code}/tracking-code", {"visitor_code": "nobody"})
     assert b"window.kameleoonQueue=window.kameleoonQueue||[];" == other.body
+
+
+async def test_a_flush_sends_the_data_added_since_the_last_one(api: Api, tmp_path: Path) -> None:
+    """Page views and custom data go out once, as visitor_data records; a conversion item was
+    already recorded when it was added and is not sent again."""
+    items = [
+        {"type": "page_view", "url": "https://shop.example/cart", "title": "Cart"},
+        {"type": "custom_data", "index": 2, "values": ["vip"]},
+        {"type": "conversion", "goal_id": 83024},
+    ]
+    await api.post(DATA, {"visitor_code": "v1"}, json={"data": items})
+    first = await api.post("/v1/visitors/{visitor_code}/flush", {"visitor_code": "v1"})
+    assert (2, 3) == (first.body["data"], first.body["flushed"])
+    again = await api.post("/v1/visitors/{visitor_code}/flush", {"visitor_code": "v1"})
+    assert 0 == again.body["data"]
+    records = await delivered(api, tmp_path, 3)
+    sent = [(r["type"], r["data"]) for r in records if r["kind"] == "visitor_data"]
+    assert [
+        ("page_view", {"url": "https://shop.example/cart", "title": "Cart"}),
+        ("custom_data", {"index": 2, "values": ["vip"]}),
+    ] == sent
+    assert ["add_to_cart"] == [r["event_name"] for r in records if r["kind"] == "conversion"]
+
+
+async def test_data_without_consent_is_never_sent(start: AppFactory, tmp_path: Path) -> None:
+    """Consent required and not given: the data is kept for targeting, and not sent."""
+    async with start(consent_required=True) as api:
+        page = {"type": "page_view", "url": "https://shop.example/cart"}
+        await api.post(DATA, {"visitor_code": "v1"}, json={"data": [page]})
+        assert (
+            1
+            == (await api.post("/v1/visitors/{visitor_code}/flush", {"visitor_code": "v1"})).body[
+                "data"
+            ]
+        )
+        await asyncio.sleep(0.3)
+        assert [] == written(tmp_path)
+        assert "on" == (
+            await api.post("/v1/flags/{flag}/decision", {"flag": "cart_reminder"},
+                           json={"visitor_code": "v1", "track": False})
+        ).body["variation"]  # fmt: skip
