@@ -51,7 +51,7 @@ from service.visitors.recent import RecentExposures, run_recent
 from service.visitors.redis_store import RedisVisitors
 from service.visitors.routes import VisitorData, VisitorIdentity
 from service.visitors.screening import VisitorScreen
-from service.visitors.stores import MemoryVisitors, VisitorStore
+from service.visitors.stores import MemoryVisitors, VisitorStore, VisitorStoreCollector
 
 __all__ = ["create_app"]
 
@@ -114,7 +114,10 @@ def create_app(settings: Settings) -> web.Application:
         recent,
         consent_required=settings.consent_required,
     ).add_routes(shell)
-    Operations(settings, store, metrics, pipeline, app[REFRESHER], app[LIMITS]).add_routes(shell)
+    Operations(
+        settings, store, metrics, pipeline, app[REFRESHER], app[LIMITS], visitors
+    ).add_routes(shell)
+    metrics.registry.register(VisitorStoreCollector(visitors))
     return app
 
 

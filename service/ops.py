@@ -22,6 +22,7 @@ from service.payloads import Limits, read_body
 from service.refresher import Refresher
 from service.settings import Settings
 from service.store import DROPPED, RulesStore
+from service.visitors.stores import VisitorStore
 
 if TYPE_CHECKING:
     from service.shell import Shell
@@ -45,6 +46,7 @@ class Operations:
     pipeline: Pipeline
     refresher: Refresher
     limits: Limits
+    visitors: VisitorStore
 
     def add_routes(self, router: Shell) -> None:
         router.add("GET", "/healthz", self.healthz)
@@ -81,6 +83,8 @@ class Operations:
                 "refresh_interval": settings.refresh_interval,
                 "webhook": settings.webhook_secret is not None,
                 "events": self.pipeline.health(),
+                "visitors": self.visitors.health(),
+                "consent_required": settings.consent_required,
             }
         )
 

@@ -26,6 +26,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
+from service.redaction import public_url
 from service.visitors.changes import KEEP, Change, Write
 from service.visitors.records import Record, attributes_of, targeting
 from service.visitors.stores import Profile, StoreUnavailable, now_ms, profile_of
@@ -91,6 +92,14 @@ class RedisVisitors:
         self._read_profiles = self.client.register_script(_READ_PROFILES)
         #: Per visitor code, the writes of this process waiting their turn (and their lock).
         self._writing: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "store": self.kind,
+            "url": public_url(self.url),
+            "read_errors": self.read_errors,
+            "write_errors": self.write_errors,
+        }
 
     async def start(self) -> None:
         """Nothing to do: the client connects on first use and reconnects by itself (a

@@ -11,11 +11,13 @@ from __future__ import annotations
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from service.errors import ApiError
 from service.visitors.changes import KEEP, Change, Write
@@ -27,7 +29,14 @@ from service.visitors.records import (
     targeting,
 )
 
-__all__ = ["MemoryVisitors", "Profile", "StoreUnavailable", "VisitorStore", "now_ms"]
+__all__ = [
+    "MemoryVisitors",
+    "Profile",
+    "StoreUnavailable",
+    "VisitorStore",
+    "VisitorStoreCollector",
+    "now_ms",
+]
 
 
 class StoreUnavailable(ApiError):
@@ -69,6 +78,12 @@ class VisitorStore(Protocol):
     kind: str
     #: Reads that failed or timed out (answered as "no data").
     read_errors: int
+    #: Writes that failed or timed out (answered 503).
+    write_errors: int
+
+    def health(self) -> dict[str, Any]:
+        """What ``/v1/config`` shows of the store."""
+        ...
 
     async def start(self) -> None: ...
 
@@ -122,7 +137,16 @@ class MemoryVisitors:
         #: visitor code -> (user id, expiry in ms)
         self.links: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self.read_errors = 0
+        self.write_errors = 0
         self.evicted = 0
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "store": self.kind,
+            "visitors": len(self.entries),
+            "limit": self.limit,
+            "evicted": self.evicted,
+        }
 
     async def start(self) -> None:
         return None
@@ -212,3 +236,27 @@ class MemoryVisitors:
             self.evicted += 1
         while len(self.links) > self.limit:
             self.links.popitem(last=False)
+
+
+class VisitorStoreCollector(Collector):
+    """The store's error counts (and, in memory, its size) as metrics, read when scraped."""
+
+    def __init__(self, store: VisitorStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        errors = CounterMetricFamily(
+            "flagpost_visitor_store_errors",
+            "Visitor store operations that failed or timed out: reads (decided without the "
+            "data) and writes (answered 503).",
+            labels=["store", "operation"],
+        )
+        errors.add_metric([self.store.kind, "read"], self.store.read_errors)
+        errors.add_metric([self.store.kind, "write"], self.store.write_errors)
+        yield errors
+        if isinstance(self.store, MemoryVisitors):
+            yield GaugeMetricFamily(
+                "flagpost_visitors_stored",
+                "Visitors the memory store holds.",
+                len(self.store.entries),
+            )

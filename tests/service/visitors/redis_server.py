@@ -16,7 +16,7 @@ READY_WITHIN = 10.0
 
 
 @contextmanager
-def running_redis(directory: Path, port: int | None = None) -> Iterator[str]:
+def running_redis(directory: Path, port: int | None = None, *extra: str) -> Iterator[str]:
     """Run ``redis-server`` (no persistence) for the length of a block; yields its URL."""
     binary = shutil.which("redis-server")
     assert binary is not None, "redis-server is not installed (apt-get install redis-server)"
@@ -35,6 +35,7 @@ def running_redis(directory: Path, port: int | None = None) -> Iterator[str]:
             "no",
             "--dir",
             str(directory),
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

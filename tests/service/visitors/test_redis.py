@@ -241,3 +241,38 @@ def _visitors_with_an_experiment(count: int) -> list[str]:
 def _text(base: str, path: str) -> str:
     with urllib.request.urlopen(base + path, timeout=10) as response:
         return str(response.read().decode())
+
+
+async def test_a_slow_redis_costs_a_decision_its_timeout_at_most(tmp_path: Path) -> None:
+    """While Redis is stalled, a decision's read gives up after the timeout, and the next ones
+    skip it for the back-off: the error is counted, never raised."""
+    with running_redis(tmp_path / "slow", None, "--enable-debug-command", "yes") as url:
+        store = _store(url, read_timeout=0.05)
+        staller = _store(url)
+        try:
+            await store.write("v1", add_data(CART))
+            stall = asyncio.ensure_future(staller.client.execute_command("DEBUG", "SLEEP", "1"))
+            await asyncio.sleep(0.1)  # the server is asleep now
+            started = time.monotonic()
+            first = await store.attributes("v1")
+            second = await store.attributes("v1")
+            waited = time.monotonic() - started
+            await stall
+            assert (None, None, 2) == (first, second, store.read_errors)
+            assert waited < 0.5, waited
+        finally:
+            await store.close()
+            await staller.close()
+
+
+async def test_store_errors_are_counted_in_the_metrics(start: Any) -> None:
+    """A failed read and a failed write show in flagpost_visitor_store_errors_total."""
+    async with start(visitors=f"redis://127.0.0.1:{free_port()}/0") as api:
+        await api.post("/v1/flags/{flag}/decision", {"flag": "cart_reminder"},
+                       json={"visitor_code": "v1", "track": False})  # fmt: skip
+        await api.post(DATA, {"visitor_code": "v1"}, json={"data": CART})
+        metrics = (await api.get("/metrics")).body.decode()
+        config = (await api.get("/v1/config")).body
+    assert 'flagpost_visitor_store_errors_total{operation="read",store="redis"} 1.0' in metrics
+    assert 'flagpost_visitor_store_errors_total{operation="write",store="redis"} 1.0' in metrics
+    assert ("redis", 1) == (config["visitors"]["store"], config["visitors"]["read_errors"])
