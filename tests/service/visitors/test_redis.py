@@ -251,7 +251,7 @@ async def test_a_slow_redis_costs_a_decision_its_timeout_at_most(tmp_path: Path)
         staller = _store(url)
         try:
             await store.write("v1", add_data(CART))
-            stall = asyncio.ensure_future(staller.client.execute_command("DEBUG", "SLEEP", "1"))
+            stall = asyncio.ensure_future(staller.client.execute_command("DEBUG", "SLEEP", "1"))  # type: ignore[no-untyped-call]
             await asyncio.sleep(0.1)  # the server is asleep now
             started = time.monotonic()
             first = await store.attributes("v1")
