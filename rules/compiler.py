@@ -86,6 +86,8 @@ class CompiledEnvironment:
     #: Flags that read an attribute under ``visitor`` (the visitor's stored data, which the
     #: caller fetches only for them), directly, through a segment or a prerequisite flag.
     visitor_readers: frozenset[str] = frozenset()
+    #: The ``visitor.*`` attribute names those flags read (conditions and bucketing units).
+    visitor_attributes: frozenset[str] = frozenset()
 
 
 def compile_document(document: Document) -> dict[str, CompiledEnvironment]:
@@ -136,6 +138,7 @@ def _compile_environment(document: Document, env: str) -> Steps[CompiledEnvironm
     conditions = _ConditionCompiler(document, evaluators)
     clocked: set[str] = set()
     readers: set[str] = set()
+    read_names: set[str] = set()
     rollouts: list[tuple[str, bytes, int, Decision, Decision]] = []
     bucketed: list[tuple[str, tuple[VisitorRule, ...], Decision]] = []
     dynamic: list[tuple[str, Evaluator]] = []
@@ -147,6 +150,7 @@ def _compile_environment(document: Document, env: str) -> Steps[CompiledEnvironm
         rules = flag.rules[env]
         if compiled.constant is None and _reads_visitor(rules, document.segments, readers):
             readers.add(key)
+            read_names.update(_visitor_names(rules, document.segments))
         if compiled.constant is not None:
             constants[key] = compiled.constant
             yield
@@ -169,6 +173,7 @@ def _compile_environment(document: Document, env: str) -> Steps[CompiledEnvironm
         bucketed,
         frozenset(clocked),
         frozenset(readers),
+        frozenset(read_names),
     )
 
 
@@ -191,6 +196,22 @@ def _reads_visitor(
     return _any_leaf(
         rules, segments, readers, lambda leaf: leaf.attr is not None and in_visitor(leaf.attr)
     )
+
+
+def _visitor_names(rules: tuple[Rule, ...], segments: Mapping[str, Condition]) -> set[str]:
+    """The ``visitor.*`` names these rules read themselves or through segments (a
+    prerequisite flag's names are collected with that flag)."""
+    names = {r.bucket_by for r in rules if r.bucket_by is not None and in_visitor(r.bucket_by)}
+    pending = [rule.condition for rule in rules if rule.condition is not None]
+    seen: set[str] = set()
+    while pending:
+        for node in walk(pending.pop()):
+            if isinstance(node, Leaf) and node.attr is not None and in_visitor(node.attr):
+                names.add(node.attr)
+            elif isinstance(node, SegmentRef) and node.name not in seen:
+                seen.add(node.name)
+                pending.append(segments[node.name])
+    return names
 
 
 def in_visitor(attribute: str) -> bool:

@@ -244,6 +244,11 @@ class Ruleset:
         only for these flags: for every other flag it cannot change the answer."""
         return self._environment(environment).visitor_readers
 
+    def visitor_attributes(self, environment: str | None = None) -> frozenset[str]:
+        """The ``visitor.*`` attribute names ``visitor_readers`` read: all a caller needs
+        to put in their context (merging more changes nothing)."""
+        return self._environment(environment).visitor_attributes
+
     def variable(
         self,
         flag_key: str,

@@ -74,11 +74,20 @@ class Serving:
     def snapshot(self) -> Snapshot:
         return self.store.served()
 
-    async def visited(self, visitor_code: str, context: dict[str, Any]) -> dict[str, Any]:
-        """``context`` with the visitor's stored data (``visitor.*``), if there is any."""
+    async def visited(
+        self, visitor_code: str, context: dict[str, Any], names: frozenset[str]
+    ) -> dict[str, Any]:
+        """``context`` with the visitor's stored data the rules read (``names``: the
+        ``visitor.*`` attributes they read; copying only those is cheaper than all)."""
         assert self.visitors is not None
         stored = await self.visitors.attributes(visitor_code)
-        return {**context, **stored} if stored else context
+        if not stored:
+            return context
+        merged = dict(context)
+        for name in names:
+            if name in stored:
+                merged[name] = stored[name]
+        return merged
 
     async def context_for(
         self,
@@ -95,7 +104,7 @@ class Serving:
         readers = ruleset.visitor_readers(environment)
         if not readers or (flags is not None and readers.isdisjoint(flags)):
             return context
-        return await self.visited(visitor_code, context)
+        return await self.visited(visitor_code, context, ruleset.visitor_attributes(environment))
 
     async def query(self, request: web.BaseRequest, *, many: bool = False) -> DecisionQuery:
         if request.method == "GET":
@@ -114,7 +123,8 @@ class Serving:
         environment = query.environment or self.environment
         context = query.context
         if self.visitors is not None and flag in snapshot.ruleset.visitor_readers(environment):
-            context = await self.visited(query.visitor_code, context)
+            names = snapshot.ruleset.visitor_attributes(environment)
+            context = await self.visited(query.visitor_code, context, names)
         decision = snapshot.ruleset.decide(flag, query.visitor_code, context, environment)
         self.tally[decision.reason] += 1
         if query.track and decision.rule is not None and self.recorder is not None:

@@ -51,10 +51,12 @@ LISTED: Final = {"page_view": KEPT_PAGE_VIEWS, "conversion": KEPT_CONVERSIONS}
 #: The attributes that outlive a visit: what a returning visitor is targeted on before any
 #: new data arrives.
 HISTORY: Final = ("visitor.visits", "visitor.first_visit", "visitor.last_visit")
-#: The key of a stored attributes object giving, in ms, when its visit's part expires.
-UNTIL: Final = "until"
+#: The key of a stored attributes object giving, in ms, when its visit's part expires. Its
+#: name is under ``visitor.``, which no request's context may use, so merged into a
+#: decision's context as it is (the cheapest way), it shadows none of the request's.
+UNTIL: Final = "visitor.~until"
 #: The key of a stored attributes object holding the visitor's consent (true, false, null).
-CONSENT: Final = "consent"
+CONSENT: Final = "visitor.~consent"
 #: The stored attributes a decision record carries (with every ``visitor.custom.*``): what
 #: results are broken down by.
 RECORDED: Final = frozenset(
@@ -217,7 +219,7 @@ def targeting(stored: Mapping[str, Any], now: int) -> dict[str, Any]:
     """The attributes a decision at ``now`` (ms) sees: all of them while the visit lasts,
     only the visit history after it."""
     if now < stored[UNTIL]:
-        return {name: value for name, value in stored.items() if name[0] == "v"}
+        return {name: value for name, value in stored.items() if name not in (UNTIL, CONSENT)}
     return {name: stored[name] for name in HISTORY if name in stored}
 
 

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError, WatchError
 
 from service.redaction import public_url
 from service.visitors.changes import KEEP, Change, Write
-from service.visitors.records import Record, attributes_of, targeting
+from service.visitors.records import UNTIL, Record, attributes_of, targeting
 from service.visitors.stores import Profile, StoreUnavailable, now_ms, profile_of
 
 __all__ = ["BACKOFF", "RedisVisitors"]
@@ -122,7 +122,8 @@ class RedisVisitors:
         self._down_until = 0.0
         if raw is None:
             return None
-        return targeting(orjson.loads(raw), now_ms())
+        stored: dict[str, Any] = orjson.loads(raw)
+        return stored if now_ms() < stored[UNTIL] else targeting(stored, now_ms())
 
     async def profiles(self, codes: Iterable[str]) -> dict[str, Profile]:
         wanted = list(codes)

@@ -23,6 +23,7 @@ from service.errors import ApiError
 from service.visitors.changes import KEEP, Change, Write
 from service.visitors.records import (
     CONSENT,
+    UNTIL,
     Record,
     attributes_of,
     recorded,
@@ -154,7 +155,7 @@ class MemoryVisitors:
     async def close(self) -> None:
         return None
 
-    def _link(self, code: str, now: int) -> str | None:
+    def _link(self, code: str, now: float) -> str | None:
         found = self.links.get(code)
         if found is None:
             return None
@@ -171,14 +172,17 @@ class MemoryVisitors:
         return entry
 
     async def attributes(self, code: str) -> Mapping[str, Any] | None:
-        now = now_ms()
+        now = time.time() * 1000  # (not now_ms(): a decision need not pay for int())
         links = self.links
         identity = code if not links or code not in links else self._link(code, now) or code
         entry = self.entries.get(identity)
         if entry is None or entry[2] <= now:
             return None
         self.entries.move_to_end(identity)  # a decision is activity too
-        return targeting(entry[1], now)
+        stored = entry[1]
+        # While the visit lasts (the common case) the stored dict is answered as it is: the
+        # caller merges it into a new context and never changes it.
+        return stored if now < stored[UNTIL] else targeting(stored, int(now))
 
     async def profiles(self, codes: Iterable[str]) -> dict[str, Profile]:
         return self.local_profiles(codes)
