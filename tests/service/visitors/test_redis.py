@@ -276,3 +276,25 @@ async def test_store_errors_are_counted_in_the_metrics(start: Any) -> None:
     assert 'flagpost_visitor_store_errors_total{operation="read",store="redis"} 1.0' in metrics
     assert 'flagpost_visitor_store_errors_total{operation="write",store="redis"} 1.0' in metrics
     assert ("redis", 1) == (config["visitors"]["store"], config["visitors"]["read_errors"])
+
+
+async def test_reads_of_one_turn_share_one_round_trip(redis_url: str) -> None:
+    """Twenty decisions reading at once get each their own visitor's data from one script call."""
+    store = _store(redis_url)
+    try:
+        for n in range(20):
+            page = {"type": "page_view", "url": f"https://shop.example/{n}"}
+            await store.write(f"v{n}", add_data([page]))
+        await store.attributes("warm-up")  # (the first call loads the script: two commands)
+        before = (await store.client.info("commandstats"))["cmdstat_evalsha"]
+        found = await asyncio.gather(*(store.attributes(f"v{n}") for n in [*range(20), 3, 99]))
+        after = (await store.client.info("commandstats"))["cmdstat_evalsha"]
+        urls = [None if a is None else a["visitor.page.url"] for a in found]
+        assert [
+            *(f"https://shop.example/{n}" for n in range(20)),
+            "https://shop.example/3",
+            None,
+        ] == urls
+        assert 1 == after["calls"] - before["calls"]
+    finally:
+        await store.close()
