@@ -151,20 +151,28 @@ class Pipeline:
             self._unscreened += items
             self._unscreened_events += events
             self.queue.wake.set()
-        if self._unscreened_events > self.backlog_limit:
-            screened = self.screen.screen_now(self._take_unscreened())
+        if self._unscreened_events > self.backlog_limit:  # one batch's worth, as a slice
+            chunk = self._unscreened[: self.batch_size]
+            del self._unscreened[: self.batch_size]
+            self._unscreened_events -= sum(map(events_in, chunk))
+            screened = self.screen.screen_now(chunk)
             self._to_backlog(screened, sum(map(events_in, screened)))
 
-    def _take_unscreened(self) -> list[Item]:
-        items, self._unscreened, self._unscreened_events = self._unscreened, [], 0
-        return items
-
     async def _screen_pending(self) -> None:
-        """Screen what was handed over, and pass it on to be built."""
-        if self.screen is None or not self._unscreened:
+        """Screen what was handed over, a batch's worth of items at a time (a backlog screened
+        in one piece held the loop for 15 ms), passing each on to be built."""
+        if self.screen is None:
             return
-        screened = await self.screen.screen(self._take_unscreened())
-        self._to_backlog(screened, sum(map(events_in, screened)))
+        while self._unscreened:
+            chunk = self._unscreened[: self.batch_size]
+            del self._unscreened[: self.batch_size]
+            events = sum(map(events_in, chunk))
+            self._unscreened_events -= events
+            screened = await self.screen.screen(chunk)
+            self._to_backlog(screened, events if len(screened) == len(chunk) else
+                             sum(map(events_in, screened)))  # fmt: skip
+            if self._unscreened:
+                await give_way()
 
     def _to_backlog(self, items: list[Item], events: int) -> None:
         if items:

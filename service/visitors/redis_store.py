@@ -186,6 +186,9 @@ class RedisVisitors:
     def local_profiles(self, codes: Iterable[str]) -> dict[str, Profile] | None:
         return None  # everything is in Redis
 
+    def holds_visitors(self) -> bool:
+        return True  # (only Redis knows)
+
     async def add_recent(self, notes: list[tuple[str, Any]], window: float) -> None:
         try:
             async with asyncio.timeout(self.write_timeout):

@@ -65,6 +65,8 @@ class VisitorScreen:
         """``items`` as they are to be recorded, from one store read for all their visitors."""
         if not items:
             return items
+        if not self.store.holds_visitors():  # nothing stored anywhere: no lookups to make
+            return self._apply(items, {})
         try:
             profiles: dict[str, Profile] | None = await self.store.profiles(_visitors(items))
         except StoreUnavailable as error:
@@ -74,6 +76,8 @@ class VisitorScreen:
 
     def screen_now(self, items: list[Item]) -> list[Item]:
         """``screen`` without I/O: the flusher is behind and a request must not wait."""
+        if not self.store.holds_visitors():
+            return self._apply(items, {})
         return self._apply(items, self.store.local_profiles(_visitors(items)))
 
     def _apply(self, items: list[Item], profiles: dict[str, Profile] | None) -> list[Item]:
@@ -81,6 +85,7 @@ class VisitorScreen:
             self.unscreened.inc(sum(map(events_in, items)))
         kept: list[Item] = []
         bots = no_consent = 0
+        verdicts: dict[str | None, bool] = {}  # a batch's requests share few user agents
         for item in items:
             if isinstance(item, dict):
                 kind = item.get("kind")
@@ -98,14 +103,22 @@ class VisitorScreen:
                     continue
                 kept.append(self._conversion(item, profile, consented))
                 continue
-            seconds, visitor, number, exposed, context, agent, referer, revision = item
-            profile = profiles.get(visitor) if profiles else None
-            if self.bots.is_bot(profile.user_agent if profile else None, agent):
+            agent = item[5]
+            profile = profiles.get(item[1]) if profiles else None
+            if profile is None:  # nothing stored: the header alone says whether it is a bot
+                bot = verdicts.get(agent)
+                if bot is None:
+                    bot = verdicts[agent] = self.bots.is_bot(None, agent)
+                if bot:
+                    bots += events_in(item)
+                    continue
+                if not self.consent_required:
+                    kept.append(item)  # the common case: nothing stored, nothing to change
+                    continue
+            elif self.bots.is_bot(profile.user_agent, agent):
                 bots += events_in(item)
                 continue
-            if profile is None and not self.consent_required:
-                kept.append(item)  # the common case: nothing stored, nothing to change
-                continue
+            seconds, visitor, number, exposed, context, agent, referer, revision = item
             who = profile.user_id if profile and profile.user_id else visitor
             if not self._consented(profiles, profile):
                 outcomes = exposed if isinstance(exposed, tuple) else (exposed,)

@@ -103,6 +103,10 @@ class VisitorStore(Protocol):
         """``profiles`` without I/O, or None when this store cannot answer so."""
         ...
 
+    def holds_visitors(self) -> bool:
+        """False only when the store certainly holds no visitor (no profile to look up)."""
+        ...
+
     async def add_recent(self, notes: list[tuple[str, Any]], window: float) -> None:
         """Share recent experiment assignments (visitor, JSON-able note) for ``window`` s."""
         ...
@@ -186,6 +190,9 @@ class MemoryVisitors:
 
     async def profiles(self, codes: Iterable[str]) -> dict[str, Profile]:
         return self.local_profiles(codes)
+
+    def holds_visitors(self) -> bool:
+        return bool(self.entries)  # (a link without a record has no profile either)
 
     def local_profiles(self, codes: Iterable[str]) -> dict[str, Profile]:
         now = now_ms()

@@ -503,3 +503,59 @@ async def test_a_full_spool_leaves_a_hanging_send_to_finish_and_counts_only_real
     assert [r["uuid"] for r in [*sent, later]] == first_seen(
         [r["uuid"] for r in collector.records()]
     )
+
+
+class _DropOdd:
+    """A screen that drops the conversions of odd-numbered visitors and counts its calls."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def _keep(self, items: list[Any]) -> list[Any]:
+        self.sizes.append(len(items))
+        return [item for item in items if int(item["visitor_id"].split("-")[1]) % 2 == 0]
+
+    async def screen(self, items: list[Any]) -> list[Any]:
+        await asyncio.sleep(0)  # as a store's read would
+        return self._keep(items)
+
+    def screen_now(self, items: list[Any]) -> list[Any]:
+        return self._keep(items)
+
+
+async def test_a_screen_sees_everything_a_batch_at_a_time_and_order_is_kept(
+    tmp_path: Path,
+) -> None:
+    """Handed over at once, 5,000 events are screened in batch-sized pieces (never the whole
+    backlog in one step), and what the screen keeps arrives once, in order."""
+    sink = FileSink(tmp_path / "events", max_bytes=10**8)
+    screen = _DropOdd()
+    pipeline = make_pipeline(tmp_path, [sink], batch_size=500, flush_interval=3600.0,
+                             screen=screen)  # fmt: skip
+    await pipeline.start()
+    kept = []
+    for number in range(5_000):
+        record = conversion(f"v-{number}")
+        if number % 2 == 0:
+            kept.append(record["uuid"])
+        pipeline.queue.items.append(record)
+        pipeline.queue.events += 1
+    pipeline.flush()
+    await eventually(lambda: pipeline.workers[0].delivered == 2_500)
+    await pipeline.stop()
+    lines = [json.loads(line) for path in sorted((tmp_path / "events").glob("*.jsonl"))
+             for line in path.read_text().splitlines()]  # fmt: skip
+    assert kept == [line["uuid"] for line in lines]
+    assert 5_000 == sum(screen.sizes)
+    assert max(screen.sizes) <= 500
+
+
+async def test_an_overloaded_screen_is_helped_one_batch_a_request(tmp_path: Path) -> None:
+    """Past the backlog limit, a request that adds events screens one batch's worth itself,
+    without I/O, so unscreened events cannot pile up without bound."""
+    sink = FileSink(tmp_path / "events", max_bytes=10**8)
+    screen = _DropOdd()
+    pipeline = make_pipeline(tmp_path, [sink], batch_size=100, queue_size=1_000,
+                             flush_interval=3600.0, screen=screen)  # fmt: skip
+    pipeline.spill([conversion(f"v-{n}") for n in range(1_500)], 1_500)
+    assert ([100], 1_400) == (screen.sizes, pipeline._unscreened_events)
