@@ -29,6 +29,7 @@ from service.keys import (
     PIPELINE,
     RECENT,
     REFRESHER,
+    REPLAYS,
     SETTINGS,
     SHELL,
     STORE,
@@ -52,6 +53,7 @@ from service.visitors.redis_store import RedisVisitors
 from service.visitors.routes import VisitorData, VisitorIdentity
 from service.visitors.screening import VisitorScreen
 from service.visitors.stores import MemoryVisitors, VisitorStore, VisitorStoreCollector
+from service.webhooks import MemoryReplayGuard, RedisReplayGuard, ReplayGuard
 
 __all__ = ["create_app"]
 
@@ -114,8 +116,10 @@ def create_app(settings: Settings) -> web.Application:
         recent,
         consent_required=settings.consent_required,
     ).add_routes(shell)
+    app[REPLAYS] = replays = _replay_guard(settings)
+    app.cleanup_ctx.append(_replays_context)
     Operations(
-        settings, store, metrics, pipeline, app[REFRESHER], app[LIMITS], visitors
+        settings, store, metrics, pipeline, app[REFRESHER], app[LIMITS], visitors, replays
     ).add_routes(shell)
     metrics.registry.register(VisitorStoreCollector(visitors))
     return app
@@ -135,6 +139,17 @@ def _visitor_store(settings: Settings) -> VisitorStore:
         read_timeout=settings.visitor_timeout,
         write_timeout=settings.visitor_write_timeout,
     )
+
+
+def _replay_guard(settings: Settings) -> ReplayGuard:
+    if settings.redis_url is None:
+        return MemoryReplayGuard()
+    return RedisReplayGuard(settings.redis_url, settings.visitor_write_timeout)
+
+
+async def _replays_context(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[REPLAYS].close()
 
 
 async def _visitors_context(app: web.Application) -> AsyncIterator[None]:

@@ -5,12 +5,12 @@
     ├── 400 INVALID_VISITOR_CODE
     ├── 400 UNKNOWN_ENVIRONMENT
     ├── 400 MALFORMED_HTTP      not parseable as HTTP/1.1 (nothing of it is echoed)
-    ├── 401 UNAUTHORIZED
+    ├── 401 UNAUTHORIZED, WEBHOOK_EXPIRED, WEBHOOK_REPLAYED
     ├── 404 FLAG_NOT_FOUND, VARIABLE_NOT_FOUND, EVENT_NOT_FOUND, NOT_FOUND
     ├── 408 REQUEST_TIMEOUT     the body did not arrive within FLAGPOST_BODY_TIMEOUT
     ├── 413 PAYLOAD_TOO_LARGE
     ├── 503 NOT_READY           no ruleset has been loaded yet
-    └── 503 STORE_UNAVAILABLE   the visitor store did not take a write (nothing of it stored)
+    └── 503 STORE_UNAVAILABLE   the visitor store (or Redis) did not answer in time
 
 Errors of the ``rules`` core map onto these through ``from_rules_error``.
 """

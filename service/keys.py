@@ -13,6 +13,7 @@ from service.shell import Shell
 from service.store import RulesStore
 from service.visitors.recent import RecentExposures
 from service.visitors.stores import VisitorStore
+from service.webhooks import ReplayGuard
 
 __all__ = [
     "LIMITS",
@@ -20,6 +21,7 @@ __all__ = [
     "PIPELINE",
     "RECENT",
     "REFRESHER",
+    "REPLAYS",
     "SETTINGS",
     "SHELL",
     "STORE",
@@ -35,3 +37,4 @@ PIPELINE = web.AppKey("pipeline", Pipeline)
 SHELL = web.AppKey("shell", Shell)
 VISITORS = web.AppKey("visitors", VisitorStore)
 RECENT = web.AppKey("recent", RecentExposures)
+REPLAYS = web.AppKey("replays", ReplayGuard)

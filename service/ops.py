@@ -4,8 +4,7 @@ webhook and the OpenAPI document."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -23,6 +22,7 @@ from service.refresher import Refresher
 from service.settings import Settings
 from service.store import DROPPED, RulesStore
 from service.visitors.stores import VisitorStore
+from service.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, ReplayGuard, verify
 
 if TYPE_CHECKING:
     from service.shell import Shell
@@ -33,7 +33,6 @@ OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
 JSON = "application/json"
 #: A change-stream subscriber whose socket takes longer than this to accept an event is dropped.
 STREAM_SEND_TIMEOUT = 5.0
-SIGNATURE_HEADER = "X-Flagpost-Signature"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +46,7 @@ class Operations:
     refresher: Refresher
     limits: Limits
     visitors: VisitorStore
+    replays: ReplayGuard
 
     def add_routes(self, router: Shell) -> None:
         router.add("GET", "/healthz", self.healthz)
@@ -113,17 +113,22 @@ class Operations:
             store.unsubscribe(queue)
 
     async def refresh_webhook(self, request: web.BaseRequest) -> web.Response:
-        """A signed request to refresh now: HMAC-SHA256 of the raw body with the shared
-        secret."""
+        """A signed request to refresh now (``service.webhooks``: signed with a timestamp,
+        refused when stale or replayed)."""
         secret = self.settings.webhook_secret
         if secret is None:
             raise ApiError(404, "NOT_FOUND", "the refresh webhook is not enabled")
         body = await read_body(request, self.limits)
-        digest = hmac.new(secret.reveal().encode(), body, hashlib.sha256).hexdigest()
-        offered = request.headers.get(SIGNATURE_HEADER, "")
-        # A header of bytes that are not UTF-8 arrives with surrogates: no signature, no crash.
-        if not hmac.compare_digest(offered.encode(errors="replace"), f"sha256={digest}".encode()):
-            raise ApiError(401, "UNAUTHORIZED", f"missing or invalid {SIGNATURE_HEADER}")
+        headers = request.headers
+        accepted = verify(
+            secret.reveal(),
+            headers.get(TIMESTAMP_HEADER),
+            headers.get(SIGNATURE_HEADER),
+            body,
+            time.time(),
+        )
+        if not await self.replays.first_time(accepted):
+            raise ApiError(401, "WEBHOOK_REPLAYED", "this signed request was already accepted")
         self.refresher.trigger()
         return json_response({"status": "refresh scheduled"}, status=202)
 

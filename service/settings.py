@@ -136,6 +136,11 @@ def _cookie_name(raw: str) -> str:
     return value
 
 
+def _redis_url(raw: str) -> str | None:
+    value = raw.strip()
+    return _visitor_store(value) if value else None
+
+
 def _visitor_store(raw: str) -> str:
     value = raw.strip()
     if value == "memory":
@@ -337,6 +342,12 @@ class Settings:
         _positive,
         2.0,
         "seconds a visitor data write may take (503 STORE_UNAVAILABLE after that)",
+    )
+    redis_url: str | None = _setting(
+        "FLAGPOST_REDIS_URL",
+        _redis_url,
+        None,
+        "Redis shared by the replicas: redis[s]://[:password@]host:port/db (webhook replays)",
     )
     consent_required: bool = _setting(
         "FLAGPOST_CONSENT_REQUIRED",

@@ -4,7 +4,7 @@ document on every response it receives."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from service.app import create_app
 from service.ops import OPENAPI_PATH
 from service.server import ShellRunner
 from service.settings import Settings
+from tests.service.redis_server import running_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "rules" / "examples" / "demo.json"
@@ -125,3 +126,10 @@ async def api(start: AppFactory) -> AsyncIterator[Api]:
     """A running app on the demo rules."""
     async with start() as client:
         yield client
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """The URL of a fresh ``redis-server`` on a free loopback port."""
+    with running_redis(tmp_path / "redis") as url:
+        yield url

@@ -107,10 +107,11 @@ def test_a_well_signed_webhook_still_works(service: tuple[str, Path]) -> None:
     """The signature check that refuses bad bytes still accepts a good signature."""
     base, _ = service
     body = b'{"event": "rules.updated"}'
-    signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    data = request(
-        "POST", "/v1/webhooks/refresh", f"X-Flagpost-Signature: {signature}".encode(), body=body
-    )
+    stamp = str(int(time.time()))
+    signed = f"{stamp}.".encode() + body
+    signature = "sha256=" + hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
+    stamped, signed_by = f"X-Flagpost-Timestamp: {stamp}", f"X-Flagpost-Signature: {signature}"
+    data = request("POST", "/v1/webhooks/refresh", stamped.encode(), signed_by.encode(), body=body)
     assert 202 == exchange(base, data)[0]
 
 

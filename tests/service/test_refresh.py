@@ -7,6 +7,7 @@ import gc
 import hashlib
 import hmac
 import json
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -195,22 +196,51 @@ async def test_file_changes_are_noticed(start: AppFactory, tmp_path: Path) -> No
         await eventually(noticed)
 
 
-def sign(body: bytes, secret: str = SECRET) -> dict[str, str]:
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return {"X-Flagpost-Signature": f"sha256={digest}"}
+def sign(body: bytes, secret: str = SECRET, at: float | None = None) -> dict[str, str]:
+    """The headers a sender signs ``body`` with, at ``at`` (now by default)."""
+    stamp = str(int(time.time() if at is None else at))
+    digest = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return {"X-Flagpost-Timestamp": stamp, "X-Flagpost-Signature": f"sha256={digest}"}
 
 
 async def test_webhook_signature(start: AppFactory) -> None:
-    """Only a correct HMAC signature of the raw body is accepted."""
+    """Only a correct HMAC signature of the timestamp and the raw body is accepted."""
     body = b'{"event": "rules.updated"}'
     async with start(webhook_secret=Secret(SECRET)) as api:
         good = await api.post("/v1/webhooks/refresh", data=body, headers=sign(body))
         forged = await api.post("/v1/webhooks/refresh", data=body, headers=sign(body, "guess"))
         altered = await api.post("/v1/webhooks/refresh", data=body + b" ", headers=sign(body))
         missing = await api.post("/v1/webhooks/refresh", data=body)
+        headers = sign(body)
+        headers["X-Flagpost-Timestamp"] = str(int(headers["X-Flagpost-Timestamp"]) + 1)
+        restamped = await api.post("/v1/webhooks/refresh", data=body, headers=headers)
+        no_stamp = {"X-Flagpost-Signature": sign(body)["X-Flagpost-Signature"]}
+        unstamped = await api.post("/v1/webhooks/refresh", data=body, headers=no_stamp)
     assert 202 == good.status
-    for reply in (forged, altered, missing):
+    for reply in (forged, altered, missing, restamped, unstamped):
         assert (401, "UNAUTHORIZED") == (reply.status, reply.body["error"]["code"])
+
+
+async def test_a_webhook_cannot_be_replayed_or_sent_late(start: AppFactory) -> None:
+    """The same signed request twice: the second is refused; so is one stamped 6 minutes off."""
+    body = b'{"event": "rules.updated"}'
+    async with start(webhook_secret=Secret(SECRET)) as api:
+        headers = sign(body)
+        first = await api.post("/v1/webhooks/refresh", data=body, headers=headers)
+        again = await api.post("/v1/webhooks/refresh", data=body, headers=headers)
+        late = await api.post(
+            "/v1/webhooks/refresh", data=body, headers=sign(body, at=time.time() - 360)
+        )
+        early = await api.post(
+            "/v1/webhooks/refresh", data=body, headers=sign(body, at=time.time() + 360)
+        )
+        fresh = await api.post(
+            "/v1/webhooks/refresh", data=body, headers=sign(body, at=time.time() + 1)
+        )
+    assert [202, 401, 401, 401, 202] == [r.status for r in (first, again, late, early, fresh)]
+    assert ["WEBHOOK_REPLAYED", "WEBHOOK_EXPIRED", "WEBHOOK_EXPIRED"] == [
+        r.body["error"]["code"] for r in (again, late, early)
+    ]
 
 
 async def test_webhook_is_off_without_a_secret(api: Api) -> None:
@@ -226,9 +256,9 @@ async def test_webhook_burst_causes_one_fetch(start: AppFactory) -> None:
         start(rules=source.url, webhook_secret=Secret(SECRET), refresh_interval=3600) as api,
     ):
         source.set_revision("pushed")
-        body = b"{}"
+        bodies = [b'{"n": %d}' % n for n in range(20)]  # distinct: a repeat is a replay
         replies = await asyncio.gather(
-            *(api.post("/v1/webhooks/refresh", data=body, headers=sign(body)) for _ in range(20))
+            *(api.post("/v1/webhooks/refresh", data=body, headers=sign(body)) for body in bodies)
         )
         assert {202} == {reply.status for reply in replies}
 

@@ -17,7 +17,7 @@ from service.visitors.redis_store import RedisVisitors
 from service.visitors.stores import StoreUnavailable
 from tests.service.conftest import DEMO, Api
 from tests.service.process import free_port, running_service
-from tests.service.visitors.redis_server import running_redis
+from tests.service.redis_server import running_redis
 
 CART = [{"type": "page_view", "url": "https://shop.example/cart"}]
 DATA = "/v1/visitors/{visitor_code}/data"
