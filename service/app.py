@@ -24,6 +24,7 @@ from service.catalog import Catalog
 from service.events.pipeline import Pipeline
 from service.events.sinks import parse_sink
 from service.keys import (
+    BROADCAST,
     LIMITS,
     METRICS,
     PIPELINE,
@@ -40,6 +41,7 @@ from service.ofrep import Ofrep
 from service.ops import Operations
 from service.payloads import Limits
 from service.refresher import Refresher
+from service.replicas import RefreshBroadcast
 from service.settings import Settings
 from service.shell import Shell
 from service.sources import open_source
@@ -118,8 +120,23 @@ def create_app(settings: Settings) -> web.Application:
     ).add_routes(shell)
     app[REPLAYS] = replays = _replay_guard(settings)
     app.cleanup_ctx.append(_replays_context)
+    broadcast = None
+    if settings.redis_url is not None:
+        broadcast = RefreshBroadcast(
+            settings.redis_url, settings.visitor_write_timeout, app[REFRESHER].trigger
+        )
+        app[BROADCAST] = broadcast
+        app.cleanup_ctx.append(_broadcast_context)
     Operations(
-        settings, store, metrics, pipeline, app[REFRESHER], app[LIMITS], visitors, replays
+        settings,
+        store,
+        metrics,
+        pipeline,
+        app[REFRESHER],
+        app[LIMITS],
+        visitors,
+        replays,
+        broadcast,
     ).add_routes(shell)
     metrics.registry.register(VisitorStoreCollector(visitors))
     return app
@@ -145,6 +162,16 @@ def _replay_guard(settings: Settings) -> ReplayGuard:
     if settings.redis_url is None:
         return MemoryReplayGuard()
     return RedisReplayGuard(settings.redis_url, settings.visitor_write_timeout)
+
+
+async def _broadcast_context(app: web.Application) -> AsyncIterator[None]:
+    broadcast = app[BROADCAST]
+    task = asyncio.create_task(broadcast.listen(), name="flagpost-refresh-channel")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await broadcast.close()
 
 
 async def _replays_context(app: web.Application) -> AsyncIterator[None]:

@@ -8,6 +8,7 @@ from service.events.pipeline import Pipeline
 from service.metrics import Metrics
 from service.payloads import Limits
 from service.refresher import Refresher
+from service.replicas import RefreshBroadcast
 from service.settings import Settings
 from service.shell import Shell
 from service.store import RulesStore
@@ -16,6 +17,7 @@ from service.visitors.stores import VisitorStore
 from service.webhooks import ReplayGuard
 
 __all__ = [
+    "BROADCAST",
     "LIMITS",
     "METRICS",
     "PIPELINE",
@@ -38,3 +40,4 @@ SHELL = web.AppKey("shell", Shell)
 VISITORS = web.AppKey("visitors", VisitorStore)
 RECENT = web.AppKey("recent", RecentExposures)
 REPLAYS = web.AppKey("replays", ReplayGuard)
+BROADCAST = web.AppKey("broadcast", RefreshBroadcast)

@@ -19,6 +19,7 @@ from service.events.pipeline import Pipeline
 from service.metrics import Metrics
 from service.payloads import Limits, read_body
 from service.refresher import Refresher
+from service.replicas import RefreshBroadcast
 from service.settings import Settings
 from service.store import DROPPED, RulesStore
 from service.visitors.stores import VisitorStore
@@ -47,6 +48,8 @@ class Operations:
     limits: Limits
     visitors: VisitorStore
     replays: ReplayGuard
+    #: With a shared Redis: asks every replica to refresh (None: this process only).
+    broadcast: RefreshBroadcast | None = None
 
     def add_routes(self, router: Shell) -> None:
         router.add("GET", "/healthz", self.healthz)
@@ -130,6 +133,8 @@ class Operations:
         if not await self.replays.first_time(accepted):
             raise ApiError(401, "WEBHOOK_REPLAYED", "this signed request was already accepted")
         self.refresher.trigger()
+        if self.broadcast is not None:
+            await self.broadcast.publish()
         return json_response({"status": "refresh scheduled"}, status=202)
 
 

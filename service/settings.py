@@ -347,7 +347,7 @@ class Settings:
         "FLAGPOST_REDIS_URL",
         _redis_url,
         None,
-        "Redis shared by the replicas: redis[s]://[:password@]host:port/db (webhook replays)",
+        "Redis the replicas share, redis[s]://[:password@]host:port/db: refreshes and webhooks",
     )
     consent_required: bool = _setting(
         "FLAGPOST_CONSENT_REQUIRED",
