@@ -182,12 +182,23 @@ async def _replays_context(app: web.Application) -> AsyncIterator[None]:
 async def _visitors_context(app: web.Application) -> AsyncIterator[None]:
     visitors = app[VISITORS]
     await visitors.start()
-    sharing = asyncio.create_task(run_recent(app[RECENT]), name="flagpost-tracking-notes")
+    tasks = [
+        asyncio.create_task(run_recent(app[RECENT]), name="flagpost-tracking-notes"),
+        asyncio.create_task(_sweep_forever(visitors), name="flagpost-visitor-sweep"),
+    ]
     yield
-    sharing.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sharing
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await visitors.close()
+
+
+async def _sweep_forever(visitors: VisitorStore) -> None:
+    """Forget expired visitors, a bounded amount each second."""
+    while True:
+        await asyncio.sleep(1.0)
+        visitors.sweep()
 
 
 def _pipeline(settings: Settings, metrics: Metrics, screen: VisitorScreen) -> Pipeline:

@@ -189,6 +189,9 @@ class RedisVisitors:
     def holds_visitors(self) -> bool:
         return True  # (only Redis knows)
 
+    def sweep(self) -> int:
+        return 0  # Redis expires the keys itself
+
     async def add_recent(self, notes: list[tuple[str, Any]], window: float) -> None:
         try:
             async with asyncio.timeout(self.write_timeout):

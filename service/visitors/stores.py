@@ -107,6 +107,11 @@ class VisitorStore(Protocol):
         """False only when the store certainly holds no visitor (no profile to look up)."""
         ...
 
+    def sweep(self) -> int:
+        """Forget some of what has expired (a bounded amount: called every second on the
+        loop); how many entries went."""
+        ...
+
     async def add_recent(self, notes: list[tuple[str, Any]], window: float) -> None:
         """Share recent experiment assignments (visitor, JSON-able note) for ``window`` s."""
         ...
@@ -122,6 +127,10 @@ class VisitorStore(Protocol):
     async def write(self, code: str, write: Write) -> Change:
         """Apply ``write`` to ``code``'s records, wholly or not at all."""
         ...
+
+
+#: Expired entries the memory store drops per sweep (a few hundred microseconds of work).
+SWEPT = 1000
 
 
 class MemoryVisitors:
@@ -193,6 +202,26 @@ class MemoryVisitors:
 
     def holds_visitors(self) -> bool:
         return bool(self.entries)  # (a link without a record has no profile either)
+
+    def sweep(self) -> int:
+        """Drop expired entries and links from the least recently active end, at most
+        ``SWEPT`` a call. (Those a decision read since, moved to the other end, go when next
+        asked for, or when the limit evicts them.)"""
+        now = time.time() * 1000
+        swept = 0
+        while self.entries and swept < SWEPT:
+            identity, entry = next(iter(self.entries.items()))
+            if entry[2] > now:
+                break
+            del self.entries[identity]
+            swept += 1
+        while self.links and swept < SWEPT:
+            code, (_, until) = next(iter(self.links.items()))
+            if until > now:
+                break
+            del self.links[code]
+            swept += 1
+        return swept
 
     def local_profiles(self, codes: Iterable[str]) -> dict[str, Profile]:
         now = now_ms()

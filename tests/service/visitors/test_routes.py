@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from service.visitors.changes import add_data
+from service.visitors.stores import MemoryVisitors
 from tests.service.conftest import Api
 
 DATA = "/v1/visitors/{visitor_code}/data"
@@ -142,3 +145,15 @@ async def test_the_memory_store_evicts_the_least_recently_active(start: Any) -> 
         assert "on" == await _cart_reminder(api, "a")  # a decision is activity: b is now oldest
         await api.post(DATA, {"visitor_code": "c"}, json={"data": CART})
         assert ["on", "off", "on"] == [await _cart_reminder(api, v) for v in ("a", "b", "c")]
+
+
+async def test_the_memory_store_sweeps_what_expired() -> None:
+    """Entries and links past their retention go at the next sweep, the live ones stay."""
+    store = MemoryVisitors(ttl=0.01, retention=0.01, limit=100)
+    await store.write("old", add_data(CART))
+    await store.write("linked", add_data([{"type": "unique_identifier", "value": "user-1"}]))
+    await asyncio.sleep(0.05)
+    store.retention = 60_000  # what is written from now on lives a minute
+    await store.write("new", add_data(CART))
+    assert 3 == store.sweep()  # old, user-1, and the link of linked
+    assert (["new"], []) == (list(store.entries), list(store.links))
