@@ -91,7 +91,7 @@ def test_a_webhook_to_one_replica_refreshes_every_one(tmp_path: Path, redis_url:
         body = b'{"event": "rules.updated"}'
         assert (202, None) == _send(one, body, _signed(body))
         took = _eventually(lambda: _revision(two) == "second", "the other replica kept old rules")
-        assert took < 1.5, took
+        assert took < 5, took  # its own timer is an hour away: only the broadcast explains it
         assert "second" == _revision(one)
 
 

@@ -259,7 +259,7 @@ async def test_a_slow_redis_costs_a_decision_its_timeout_at_most(tmp_path: Path)
             waited = time.monotonic() - started
             await stall
             assert (None, None, 2) == (first, second, store.read_errors)
-            assert waited < 0.5, waited
+            assert waited < 0.9, waited  # the stall lasts 1 s: the reads did not wait it out
         finally:
             await store.close()
             await staller.close()
