@@ -92,7 +92,7 @@ def test_a_webhook_to_one_replica_refreshes_every_one(tmp_path: Path, redis_url:
         assert (202, None) == _send(one, body, _signed(body))
         took = _eventually(lambda: _revision(two) == "second", "the other replica kept old rules")
         assert took < 5, took  # its own timer is an hour away: only the broadcast explains it
-        assert "second" == _revision(one)
+        _eventually(lambda: _revision(one) == "second", "the replica that took it kept old rules")
 
 
 def test_a_replica_that_lost_redis_catches_up_when_it_returns(tmp_path: Path) -> None:
@@ -114,8 +114,8 @@ def test_a_replica_that_lost_redis_catches_up_when_it_returns(tmp_path: Path) ->
         _with_revision(rules, "second")
         body = b'{"event": "rules.updated"}'
         assert (503, "STORE_UNAVAILABLE") == _send(one, body, _signed(body))
-        time.sleep(0.5)
-        assert ["first", "first"] == [_revision(one), _revision(two)]
+        # Neither timer (an hour) nor webhook (refused) refreshes them: only subscribing again
+        # does, which each does when Redis is back (or, harmlessly, when it believes so).
         stack.enter_context(running_redis(tmp_path / "redis-b", port))
         _eventually(lambda: [_revision(one), _revision(two)] == ["second", "second"],
                     "a replica did not catch up after Redis returned")  # fmt: skip
