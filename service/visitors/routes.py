@@ -182,7 +182,7 @@ def _read_filter(request: web.BaseRequest) -> tuple[frozenset[str] | None, int]:
                 field="types",
             )
     raw = query.get("previous_visits", str(DEFAULT_PREVIOUS_VISITS))
-    if not raw.isdigit() or not 0 <= int(raw) <= KEPT_VISITS:
+    if not (raw.isascii() and raw.isdigit()) or not 0 <= int(raw) <= KEPT_VISITS:
         raise invalid(f"previous_visits must be a whole number from 0 to {KEPT_VISITS}",
                       field="previous_visits")  # fmt: skip
     return kinds, int(raw)

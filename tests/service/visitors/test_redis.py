@@ -129,6 +129,8 @@ async def test_decisions_are_answered_while_redis_is_down(start: Any) -> None:
         assert (200, "off") == (reply.status, reply.body["variation"])
         write = await api.post(DATA, {"visitor_code": "v1"}, json={"data": CART})
         assert (503, "STORE_UNAVAILABLE") == (write.status, write.body["error"]["code"])
+        flush = await api.post("/v1/visitors/{visitor_code}/flush", {"visitor_code": "v1"})
+        assert (503, "STORE_UNAVAILABLE") == (flush.status, flush.body["error"]["code"])
 
 
 def _call(base: str, method: str, path: str, body: Any = None) -> Any:

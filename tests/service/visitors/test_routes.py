@@ -131,6 +131,7 @@ async def test_read_filters_are_checked(api: Api) -> None:
         ({"types": "device,spaceship"}, "types"),
         ({"previous_visits": "26"}, "previous_visits"),
         ({"previous_visits": "-1"}, "previous_visits"),
+        ({"previous_visits": "\u00b2"}, "previous_visits"),  # a digit to str.isdigit, not to int
         ({"colour": "red"}, "colour"),
     ):
         reply = await api.get(DATA, {"visitor_code": "v1"}, params=params)
