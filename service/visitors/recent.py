@@ -32,6 +32,8 @@ WINDOW: Final = 5.0
 WRITE_EVERY: Final = 0.05
 #: Visitors whose notes this process keeps (the oldest go first; notes expire anyway).
 LIMIT: Final = 100_000
+#: Notes kept per visitor (the newest).
+KEPT: Final = 50
 HEAD: Final = "window.kameleoonQueue=window.kameleoonQueue||[];"
 
 #: (seconds since the epoch, experiment id, variation id): ids as records carry them.
@@ -63,7 +65,11 @@ class RecentExposures:
                 kept = self.local[visitor] = []
                 if len(self.local) > LIMIT:
                     self.local.popitem(last=False)
+            else:
+                self.local.move_to_end(visitor)  # the oldest notes stay first, for sweep()
             kept.append(noted)
+            if len(kept) > KEPT:  # a visitor decided again and again keeps the newest
+                del kept[:-KEPT]
             if self.store is not None:
                 self.pending.append((visitor, noted))
 
@@ -82,9 +88,12 @@ class RecentExposures:
         return sorted(set(found), key=lambda noted: noted[0])
 
     def sweep(self) -> None:
+        """Forget the visitors whose newest note has left the window: they come first, so
+        this stops at the first one still in it (never a walk over every visitor)."""
         since = time.time() - WINDOW
-        for visitor in [v for v, kept in self.local.items() if kept[-1][0] < since]:
-            del self.local[visitor]
+        local = self.local
+        while local and next(iter(local.values()))[-1][0] < since:
+            local.popitem(last=False)
 
     async def run(self) -> None:
         """Write new notes to the shared store and forget old ones, until cancelled."""

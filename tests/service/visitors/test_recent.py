@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import rules
-from service.visitors.recent import WINDOW, RecentExposures, assignment, tracking_code
+from service.visitors.recent import KEPT, WINDOW, RecentExposures, assignment, tracking_code
 from tests.service.conftest import DEMO
 
 RULESET = rules.load(DEMO.read_bytes())
@@ -43,3 +43,19 @@ def test_keys_stand_in_for_missing_ids_as_json_strings() -> None:
     ) == code
     decision = _experiment_decision()
     assert (decision.experiment_id, decision.variation_id) == assignment(decision, 0.0)[1:]
+
+
+def test_sweep_stops_at_the_first_live_visitor_and_notes_are_bounded() -> None:
+    """Expired visitors at the front go; a visitor noted again moves behind them; a visitor
+    decided over and over keeps only the newest notes."""
+    recent = RecentExposures(None)
+    decision = _experiment_decision()
+    recent.note("old", [decision])
+    recent.note("renewed", [decision])
+    recent.local["old"] = [(time.time() - WINDOW - 1, 1, 2)]
+    recent.local["renewed"] = [(time.time() - WINDOW - 1, 1, 2)]
+    recent.note("renewed", [decision])  # moves to the end with a fresh note
+    recent.sweep()
+    assert ["renewed"] == list(recent.local)
+    recent.note("busy", [decision] * 200)
+    assert KEPT == len(recent.local["busy"])
