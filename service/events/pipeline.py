@@ -166,11 +166,9 @@ class Pipeline:
         while self._unscreened:
             chunk = self._unscreened[: self.batch_size]
             del self._unscreened[: self.batch_size]
-            events = sum(map(events_in, chunk))
-            self._unscreened_events -= events
-            screened = await self.screen.screen(chunk)
-            self._to_backlog(screened, events if len(screened) == len(chunk) else
-                             sum(map(events_in, screened)))  # fmt: skip
+            self._unscreened_events -= sum(map(events_in, chunk))
+            screened = await self.screen.screen(chunk)  # (which may trim an item's events)
+            self._to_backlog(screened, sum(map(events_in, screened)))
             if self._unscreened:
                 await give_way()
 
