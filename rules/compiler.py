@@ -8,7 +8,7 @@ the visitor becomes a constant (reason STATIC), answered without calling anythin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -148,9 +148,11 @@ def _compile_environment(document: Document, env: str) -> Steps[CompiledEnvironm
         compiled = _compile_flag(flag, env, conditions.compile)
         evaluators[key] = compiled.evaluate
         rules = flag.rules[env]
-        if compiled.constant is None and _reads_visitor(rules, document.segments, readers):
+        constant = compiled.constant is not None
+        reads = None if constant else _visitor_reads(rules, document.segments, readers)
+        if reads is not None:
             readers.add(key)
-            read_names.update(_visitor_names(rules, document.segments))
+            read_names.update(reads)
         if compiled.constant is not None:
             constants[key] = compiled.constant
             yield
@@ -182,36 +184,28 @@ def _reads_clock(
 ) -> bool:
     """Whether these rules compare the evaluation time, directly, through a segment, or
     through a prerequisite flag that does (``clocked``: such flags found so far)."""
-    return _any_leaf(rules, segments, clocked, lambda leaf: leaf.attr is None)
-
-
-def _reads_visitor(
-    rules: tuple[Rule, ...], segments: Mapping[str, Condition], readers: set[str]
-) -> bool:
-    """Whether these rules read an attribute under ``visitor`` (in a condition or as the
-    bucketing unit), directly, through a segment, or through a prerequisite flag that does
-    (``readers``: such flags found so far)."""
-    if any(rule.bucket_by is not None and in_visitor(rule.bucket_by) for rule in rules):
-        return True
-    return _any_leaf(
-        rules, segments, readers, lambda leaf: leaf.attr is not None and in_visitor(leaf.attr)
+    return any(
+        (isinstance(node, Leaf) and node.attr is None)
+        or (isinstance(node, FlagRef) and node.flag in clocked)
+        for node in _nodes(rules, segments)
     )
 
 
-def _visitor_names(rules: tuple[Rule, ...], segments: Mapping[str, Condition]) -> set[str]:
-    """The ``visitor.*`` names these rules read themselves or through segments (a
-    prerequisite flag's names are collected with that flag)."""
+def _visitor_reads(
+    rules: tuple[Rule, ...], segments: Mapping[str, Condition], readers: set[str]
+) -> set[str] | None:
+    """The ``visitor.*`` names these rules read (in a condition or as the bucketing unit),
+    directly or through a segment, when they read the visitor's data at all, through a
+    prerequisite flag too (``readers``: such flags found so far, their names collected
+    with them); None when they do not."""
     names = {r.bucket_by for r in rules if r.bucket_by is not None and in_visitor(r.bucket_by)}
-    pending = [rule.condition for rule in rules if rule.condition is not None]
-    seen: set[str] = set()
-    while pending:
-        for node in walk(pending.pop()):
-            if isinstance(node, Leaf) and node.attr is not None and in_visitor(node.attr):
-                names.add(node.attr)
-            elif isinstance(node, SegmentRef) and node.name not in seen:
-                seen.add(node.name)
-                pending.append(segments[node.name])
-    return names
+    through_flag = False
+    for node in _nodes(rules, segments):
+        if isinstance(node, Leaf) and node.attr is not None and in_visitor(node.attr):
+            names.add(node.attr)
+        elif isinstance(node, FlagRef) and node.flag in readers:
+            through_flag = True
+    return names if names or through_flag else None
 
 
 def in_visitor(attribute: str) -> bool:
@@ -219,26 +213,16 @@ def in_visitor(attribute: str) -> bool:
     return attribute == VISITOR or attribute.startswith(VISITOR_PREFIX)
 
 
-def _any_leaf(
-    rules: tuple[Rule, ...],
-    segments: Mapping[str, Condition],
-    flags: set[str],
-    test: Callable[[Leaf], bool],
-) -> bool:
-    """Whether a leaf of these rules' conditions passes ``test``, directly, through a segment,
-    or through a prerequisite flag in ``flags``."""
+def _nodes(rules: tuple[Rule, ...], segments: Mapping[str, Condition]) -> Iterator[Condition]:
+    """Every node of these rules' conditions, and of the segments they use (each once)."""
     pending = [rule.condition for rule in rules if rule.condition is not None]
     seen: set[str] = set()
     while pending:
         for node in walk(pending.pop()):
-            if isinstance(node, Leaf) and test(node):
-                return True
-            if isinstance(node, FlagRef) and node.flag in flags:
-                return True
+            yield node
             if isinstance(node, SegmentRef) and node.name not in seen:
                 seen.add(node.name)
                 pending.append(segments[node.name])
-    return False
 
 
 class _Decisions:

@@ -204,19 +204,22 @@ class Serving:
                 decisions = {key: d for key, d in decisions.items() if d.active}
             self.tally.update(reasons)
             self.metrics.count_decisions(decisions.values())
-            if query.track and self.recorder is not None:
-                exposed = constant_exposures(snapshot, environment, query.active_only)
-                self.recorder.expose_all(
-                    query.visitor_code,
-                    (*exposed, *decisions.values()),
-                    query.context,
-                    request.headers.get(USER_AGENT),
-                    request.headers.get(REFERER),
-                    ruleset.revision,
+            if query.track:
+                exposed = (
+                    *constant_exposures(snapshot, environment, query.active_only),
+                    *decisions.values(),
                 )
-            if query.track and self.recent is not None:
-                exposed = constant_exposures(snapshot, environment, query.active_only)
-                self.recent.note(query.visitor_code, (*exposed, *decisions.values()))
+                if self.recorder is not None:
+                    self.recorder.expose_all(
+                        query.visitor_code,
+                        exposed,
+                        query.context,
+                        request.headers.get(USER_AGENT),
+                        request.headers.get(REFERER),
+                        ruleset.revision,
+                    )
+                if self.recent is not None:
+                    self.recent.note(query.visitor_code, exposed)
             parts = members(snapshot, decisions)
             if constant:  # not first or last: those get the head and tail (_decide_response)
                 parts.insert(1, constant)

@@ -117,9 +117,7 @@ class Tracking:
         return snapshot.ruleset.events, snapshot.ruleset.revision
 
     def _record(self, record: dict[str, Any]) -> web.Response:
-        if self.recording:
-            self.pipeline.accept(record)
-        return _accepted(record["uuid"], self.recording)
+        return _accepted(record["uuid"], self.accept(record))
 
     async def track(self, request: web.BaseRequest) -> web.Response:
         body = await read_json(request, self.limits)

@@ -9,7 +9,7 @@ applies it in one transaction, retried if another process changed what it read.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from service.visitors.records import Record, add_items, merge_records, touch, unflushed
@@ -47,7 +47,6 @@ class Write:
     kind: str
     items: Sequence[Mapping[str, Any]] = ()
     consent: bool | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def needed(self, code: str, link: str | None) -> list[str]:
         target = _linked_to(self.items)

@@ -24,6 +24,7 @@ import random
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
+from weakref import WeakValueDictionary
 
 import orjson
 import redis.asyncio as aioredis
@@ -48,18 +49,9 @@ BACKOFF: Final = 1.0
 #: Times a write is retried when other processes keep changing the same visitor.
 ATTEMPTS: Final = 20
 
-#: For each code in ARGV (after the two prefixes): its attributes, through its link if any.
-_READ_ATTRIBUTES: Final = """
-local found = {}
-for index = 3, #ARGV do
-  local code = ARGV[index]
-  local id = redis.call('GET', ARGV[1] .. code) or code
-  found[#found + 1] = redis.call('GET', ARGV[2] .. id) or false
-end
-return found
-"""
-#: For each code in ARGV (after the two prefixes): the id it resolves to and its attributes.
-_READ_PROFILES: Final = """
+#: For each code in ARGV (after the two prefixes): the id it resolves to (through its link,
+#: if any) and that id's attributes (false when there are none).
+_READ: Final = """
 local found = {}
 for index = 3, #ARGV do
   local code = ARGV[index]
@@ -97,14 +89,14 @@ class RedisVisitors:
             socket_timeout=write_timeout,
             health_check_interval=30,
         )
-        self._read_attributes = self.client.register_script(_READ_ATTRIBUTES)
-        self._read_profiles = self.client.register_script(_READ_PROFILES)
+        self._read = self.client.register_script(_READ)
         #: Reads of this turn of the loop, by visitor code, waiting to be sent together.
         self._waiting: dict[str, list[asyncio.Future[bytes | None]]] = {}
         self._batch_due = False
         self._batches: set[asyncio.Task[None]] = set()
-        #: Per visitor code, the writes of this process waiting their turn (and their lock).
-        self._writing: dict[str, tuple[asyncio.Lock, int]] = {}
+        #: Per visitor code, the lock this process's writes take turns on; held only as long
+        #: as a write holds or awaits it.
+        self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
 
     def health(self) -> dict[str, Any]:
         return {
@@ -154,14 +146,14 @@ class RedisVisitors:
     async def _read_batch(self, waiting: dict[str, list[asyncio.Future[bytes | None]]]) -> None:
         codes = list(waiting)
         try:
-            answer = await self._read_attributes(keys=[], args=[LINK, ATTRIBUTES, *codes])
+            answer = await self._read(keys=[], args=[LINK, ATTRIBUTES, *codes])
         except (RedisError, OSError) as error:
             for waiters in waiting.values():
                 for waiter in waiters:
                     if not waiter.done():  # (one that timed out is cancelled already)
                         waiter.set_exception(error)
             return
-        for code, raw in zip(codes, answer, strict=True):
+        for code, raw in zip(codes, answer[1::2], strict=True):
             for waiter in waiting[code]:
                 if not waiter.done():
                     waiter.set_result(raw or None)
@@ -172,7 +164,7 @@ class RedisVisitors:
             return {}
         try:
             async with asyncio.timeout(self.write_timeout):
-                answer = await self._read_profiles(keys=[], args=[LINK, ATTRIBUTES, *wanted])
+                answer = await self._read(keys=[], args=[LINK, ATTRIBUTES, *wanted])
         except (RedisError, OSError, TimeoutError) as error:
             self.read_errors += 1
             raise StoreUnavailable(_why(error)) from None
@@ -225,22 +217,15 @@ class RedisVisitors:
         return code, link, orjson.loads(raw) if raw else None
 
     async def write(self, code: str, write: Write) -> Change:
-        lock, waiting = self._writing.get(code, (None, 0))
+        lock = self._locks.get(code)
         if lock is None:
-            lock = asyncio.Lock()
-        self._writing[code] = (lock, waiting + 1)
+            lock = self._locks[code] = asyncio.Lock()
         try:
             async with asyncio.timeout(self.write_timeout), lock:
                 return await self._write(code, write)
         except (RedisError, OSError, TimeoutError) as error:
             self.write_errors += 1
             raise StoreUnavailable(_why(error)) from None
-        finally:
-            lock, waiting = self._writing[code]
-            if waiting == 1:
-                del self._writing[code]
-            else:
-                self._writing[code] = (lock, waiting - 1)
 
     async def _write(self, code: str, write: Write) -> Change:
         async with self.client.pipeline(transaction=True) as pipe:

@@ -97,7 +97,7 @@ class VisitorScreen:
                 if self.bots.is_bot(stored, item.get("user_agent")):
                     bots += 1
                     continue
-                consented = self._consented(profiles, profile)
+                consented = self._consented(profile)
                 if kind == "visitor_data" and not consented:  # kept for targeting, never sent
                     no_consent += 1
                     continue
@@ -120,7 +120,7 @@ class VisitorScreen:
                 continue
             seconds, visitor, number, exposed, context, agent, referer, revision = item
             who = profile.user_id if profile and profile.user_id else visitor
-            if not self._consented(profiles, profile):
+            if not self._consented(profile):
                 outcomes = exposed if isinstance(exposed, tuple) else (exposed,)
                 targeted = tuple(o for o in outcomes if o.endswith(TARGETED))
                 no_consent += len(outcomes) - len(targeted)
@@ -136,7 +136,7 @@ class VisitorScreen:
             self.filtered.labels("no_consent").inc(no_consent)
         return kept
 
-    def _consented(self, profiles: dict[str, Profile] | None, profile: Profile | None) -> bool:
+    def _consented(self, profile: Profile | None) -> bool:
         if not self.consent_required:
             return True
         return profile is not None and profile.consent is True
