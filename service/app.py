@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -60,8 +60,16 @@ from service.webhooks import MemoryReplayGuard, RedisReplayGuard, ReplayGuard
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings) -> web.Application:
-    """Build the application; nothing is read, fetched or started until it runs."""
+def create_app(
+    settings: Settings,
+    *,
+    spool_dir: Path | None = None,
+    combine_metrics: Callable[[bytes], bytes] | None = None,
+) -> web.Application:
+    """Build the application; nothing is read, fetched or started until it runs.
+
+    A worker of several (``service.workers``) passes the spool directory of its slot, and
+    what adds the other workers' metrics to its own."""
     redaction.register(settings.secrets())
     source = open_source(
         settings.rules,
@@ -92,7 +100,8 @@ def create_app(settings: Settings) -> web.Application:
     screen = VisitorScreen(
         visitors, BotJudge(), metrics.registry, consent_required=settings.consent_required
     )
-    app[PIPELINE] = pipeline = _pipeline(settings, metrics, screen)
+    spool_dir = Path(settings.spool_dir) if spool_dir is None else spool_dir
+    app[PIPELINE] = pipeline = _pipeline(settings, metrics, screen, spool_dir)
     app.cleanup_ctx.append(_visitors_context)
     app.cleanup_ctx.append(_rules_context)
     app.cleanup_ctx.append(_events_context)
@@ -137,6 +146,7 @@ def create_app(settings: Settings) -> web.Application:
         visitors,
         replays,
         broadcast,
+        combine_metrics,
     ).add_routes(shell)
     metrics.registry.register(VisitorStoreCollector(visitors))
     return app
@@ -201,7 +211,9 @@ async def _sweep_forever(visitors: VisitorStore) -> None:
         visitors.sweep()
 
 
-def _pipeline(settings: Settings, metrics: Metrics, screen: VisitorScreen) -> Pipeline:
+def _pipeline(
+    settings: Settings, metrics: Metrics, screen: VisitorScreen, spool_dir: Path
+) -> Pipeline:
     sinks = [
         parse_sink(
             spec,
@@ -215,7 +227,7 @@ def _pipeline(settings: Settings, metrics: Metrics, screen: VisitorScreen) -> Pi
     return Pipeline(
         sinks,
         metrics.registry,
-        spool_dir=Path(settings.spool_dir),
+        spool_dir=spool_dir,
         spool_max_bytes=settings.spool_max_bytes,
         batch_size=settings.batch_size,
         queue_size=settings.queue_size,

@@ -101,7 +101,10 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as error:
         raise _Failure(f"invalid setting: {error}", EXIT_USAGE) from None
     try:
-        run(settings)
+        if settings.workers > 1:
+            _run_workers(settings)
+        else:
+            run(settings)
     except SpoolLocked as error:
         raise _Failure(str(error)) from None
     except ListenError as error:
@@ -109,6 +112,14 @@ def _serve(args: argparse.Namespace) -> int:
             f"cannot listen on {settings.host}:{settings.port}: {error.strerror}"
         ) from None
     return 0
+
+
+def _run_workers(settings: Settings) -> None:
+    try:
+        from service.workers.arbiter import run_workers  # noqa: PLC0415  # gunicorn: only here
+    except ImportError as missing:  # pragma: no cover - gunicorn is a dependency
+        raise _Failure(f"--workers needs gunicorn: {missing}", EXIT_USAGE) from None
+    run_workers(settings)
 
 
 def _read(path: Path) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -50,6 +51,8 @@ class Operations:
     replays: ReplayGuard
     #: With a shared Redis: asks every replica to refresh (None: this process only).
     broadcast: RefreshBroadcast | None = None
+    #: A worker of several: adds the other workers' metrics to this one's (None: one process).
+    combine_metrics: Callable[[bytes], bytes] | None = None
 
     def add_routes(self, router: Shell) -> None:
         router.add("GET", "/healthz", self.healthz)
@@ -70,7 +73,8 @@ class Operations:
     async def metrics_text(self, request: web.BaseRequest) -> web.Response:
         # The counts are plain dicts the loop changes: they are copied here, on the loop (tens
         # of microseconds), and rendered in a thread (milliseconds: too long for the loop).
-        body = await asyncio.to_thread(self.metrics.snapshot())
+        render, combine = self.metrics.snapshot(), self.combine_metrics
+        body = await asyncio.to_thread(render if combine is None else lambda: combine(render()))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def config(self, request: web.BaseRequest) -> web.Response:
@@ -88,6 +92,7 @@ class Operations:
                 "events": self.pipeline.health(),
                 "visitors": self.visitors.health(),
                 "consent_required": settings.consent_required,
+                "workers": settings.workers,
             }
         )
 

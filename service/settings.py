@@ -9,6 +9,7 @@ logged, and nothing else of the settings is.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from importlib.util import find_spec
@@ -103,6 +104,18 @@ def _event_loop(raw: str) -> str:
     return value
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which a container's cpuset narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _workers(raw: str) -> int:
+    value = raw.strip().lower()
+    if value == "auto":
+        return usable_cpus()
+    return _number(int, lambda v: 1 <= v <= 256, "auto or a whole number from 1 to 256")(value)
+
+
 def _is_url(text: str) -> bool:
     return text.startswith(("http://", "https://", "redis://", "rediss://"))
 
@@ -190,6 +203,12 @@ class Settings:
     )
     rules_timeout: float = _setting(
         "FLAGPOST_RULES_TIMEOUT", _positive, 10.0, "seconds allowed for fetching the rules"
+    )
+    workers: int = _setting(
+        "FLAGPOST_WORKERS",
+        _workers,
+        1,
+        "processes answering on the port (auto: one per usable CPU), under gunicorn",
     )
     host: str = _setting("FLAGPOST_HOST", _text, "127.0.0.1", "address to listen on")
     port: int = _setting("FLAGPOST_PORT", _port, 8080, "port to listen on")
@@ -435,6 +454,7 @@ def load_settings(
             raise SettingsError(f"{origin}={shown!r} {why}") from None
     settings = Settings(**values)
     _refuse_two_credentials(settings)
+    _refuse_per_worker_state(settings)
     return settings
 
 
@@ -451,3 +471,22 @@ def _refuse_two_credentials(settings: Settings) -> None:
                 f"{variable}={public_url(url)!r} carries a user and password and "
                 f"{auth_variable} is set too: use one of them"
             )
+
+
+def _refuse_per_worker_state(settings: Settings) -> None:
+    """State that must be one for the whole server, kept by each worker on its own: refused,
+    since answers would then depend on which worker a request reached."""
+    if settings.workers == 1:
+        return
+    workers = f"FLAGPOST_WORKERS={settings.workers}"
+    if settings.visitors == "memory":
+        raise SettingsError(
+            f"{workers} with FLAGPOST_VISITORS=memory: each worker would keep visitor data of "
+            "its own; set FLAGPOST_VISITORS to a redis:// URL, or run one worker"
+        )
+    if settings.webhook_secret is not None and settings.redis_url is None:
+        raise SettingsError(
+            f"{workers} with FLAGPOST_WEBHOOK_SECRET and no FLAGPOST_REDIS_URL: a webhook "
+            "would refresh one worker and be guarded against replays in that one alone; set "
+            "FLAGPOST_REDIS_URL, or run one worker"
+        )

@@ -33,7 +33,7 @@ from service.events.queue import EventQueue, Recorder
 from service.events.records import Batch, Item, batch_steps, events_in, take_batch
 from service.events.sessions import Sessions
 from service.events.sinks import Sink
-from service.events.spool import Spool, SpoolLock
+from service.events.spool import WORKER_PREFIX, Spool, SpoolLock, adopt_spools
 from service.events.stats import EventStats
 from service.logs import get_logger
 from service.sharing import SLICE_SECONDS, give_way
@@ -109,9 +109,18 @@ class Pipeline:
         sinks, replay their spools, start the flusher."""
         if self.workers:
             await asyncio.to_thread(self.spool_lock.acquire)
+            await asyncio.to_thread(self._adopt_worker_spools)
         for worker in self.workers:
             await worker.start()
         self._task = asyncio.create_task(self._flush_forever(), name="flagpost-flusher")
+
+    def _adopt_worker_spools(self) -> None:
+        # Spools worker processes left here (a server run with --workers before): one process
+        # holds the whole directory now, so it replays them.
+        root = self.spool_lock.path.parent
+        moved = adopt_spools(sorted(root.glob(f"{WORKER_PREFIX}*")), root)
+        if moved:
+            log.warning("spools_adopted", batches=moved, spool_dir=str(root))
 
     async def stop(self) -> None:
         """Build what is queued, give the sinks ``drain_timeout`` to take it, spool the rest."""

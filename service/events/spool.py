@@ -15,7 +15,10 @@ The methods block on the disk; the delivery worker calls them in a thread. Disk 
 (a full disk, say) are raised as ``OSError``: the caller keeps the batch and tries again.
 
 ``SpoolLock`` makes a spool directory one process's: a second flagpost started on the same
-directory would number its files over the first one's.
+directory would number its files over the first one's. Under ``flagpost serve --workers N``
+each worker spools in ``<spool dir>/worker-<k>``; ``adopt_spools`` moves batches a layout no
+longer in use left behind (a single process's, or a worker slot beyond N) into one in use, so
+they are replayed rather than forgotten.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import orjson
 
 from service.events.records import Batch
 
-__all__ = ["Spool", "SpoolLock", "SpoolLocked"]
+__all__ = ["WORKER_PREFIX", "Spool", "SpoolLock", "SpoolLocked", "adopt_spools"]
 
 
 class SpoolLocked(Exception):
@@ -71,6 +74,8 @@ class SpoolLock:
 
 
 _SUFFIX = ".jsonl"
+#: The name of a worker's spool directory inside the spool directory is this and its slot.
+WORKER_PREFIX = "worker-"
 
 
 class Spool:
@@ -178,3 +183,31 @@ def _sync_directory(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def adopt_spools(sources: list[Path], into: Path) -> int:
+    """Move the batches of every sink spool under each of ``sources`` (worker directories
+    skipped) into the same sink's spool under ``into``, numbered after the batches there, in
+    their order; returns how many moved. The caller holds the locks of all of them. Batches
+    set aside (``rejected/``, ``unreadable/``) stay where a person may be looking at them."""
+    moved = 0
+    for source in sources:
+        if not source.is_dir():
+            continue
+        for sink in sorted(source.iterdir()):
+            if not sink.is_dir() or sink.name.startswith(WORKER_PREFIX):
+                continue
+            batches = sorted(sink.glob(f"*{_SUFFIX}"))
+            if not batches:
+                continue
+            target = into / sink.name
+            target.mkdir(parents=True, exist_ok=True)
+            present = sorted(target.glob(f"*{_SUFFIX}"))
+            number = int(present[-1].stem) + 1 if present else 1
+            for batch in batches:
+                batch.rename(target / f"{number:020d}{_SUFFIX}")
+                number += 1
+                moved += 1
+            _sync_directory(target)
+            _sync_directory(sink)
+    return moved

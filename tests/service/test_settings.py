@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -61,12 +62,24 @@ def test_flags_override_environment() -> None:
      ({"FLAGPOST_MAX_FLAGS": "0"}, "FLAGPOST_MAX_FLAGS='0' must be a whole number of at least 1"),
      ({"FLAGPOST_RULES": "https://u:pw@r.example/x", "FLAGPOST_RULES_AUTH": "Bearer 12345678"},
       "FLAGPOST_RULES='https://r.example/x' carries a user and password and FLAGPOST_RULES_AUTH is set too"),
-     ({"FLAGPOST_BODY_TIMEOUT": "-1"}, "must be a positive number")],
+     ({"FLAGPOST_BODY_TIMEOUT": "-1"}, "must be a positive number"),
+     ({"FLAGPOST_WORKERS": "0"}, "FLAGPOST_WORKERS='0' must be auto or a whole number from 1 to 256"),
+     ({"FLAGPOST_WORKERS": "2"},
+      "FLAGPOST_WORKERS=2 with FLAGPOST_VISITORS=memory: each worker would keep visitor data"),
+     ({"FLAGPOST_WORKERS": "2", "FLAGPOST_VISITORS": "redis://127.0.0.1:1/0",
+       "FLAGPOST_WEBHOOK_SECRET": "hush-hush"},
+      "FLAGPOST_WORKERS=2 with FLAGPOST_WEBHOOK_SECRET and no FLAGPOST_REDIS_URL")],
 )  # fmt: skip
 def test_invalid_settings_name_the_variable(environ: dict[str, str], message: str) -> None:
     """Each invalid setting is refused with its name and what it expects, secrets masked."""
     with pytest.raises(SettingsError, match=re.escape(message)):
         load_settings(environ)
+
+
+def test_auto_workers_are_the_cpus_this_process_may_use() -> None:
+    """FLAGPOST_WORKERS=auto is one worker per CPU of the process's affinity."""
+    environ = {"FLAGPOST_WORKERS": "auto", "FLAGPOST_VISITORS": "redis://127.0.0.1:1/0"}
+    assert len(os.sched_getaffinity(0)) == load_settings(environ).workers
 
 
 SECRET_ENVIRON = {

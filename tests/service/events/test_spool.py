@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.events.records import Batch
-from service.events.spool import Spool, SpoolLock, SpoolLocked
+from service.events.spool import Spool, SpoolLock, SpoolLocked, adopt_spools
 
 
 def batch(*numbers: int) -> Batch:
@@ -82,3 +82,29 @@ def test_a_spool_directory_is_one_lock_holders_until_released(tmp_path: Path) ->
     first.release()
     second.acquire()
     second.release()
+
+
+def test_adopted_spools_are_replayed_after_the_own_batches_in_their_order(tmp_path: Path) -> None:
+    """Batches of unused spools move into the sink's spool in use, numbered after its own,
+    each source's in its order; worker directories and set-aside batches stay put."""
+    sink = "http-collector-0000abcd"
+    own = Spool(tmp_path / "worker-0" / sink, max_bytes=10**6)
+    own.append(batch(1))
+    single = Spool(tmp_path / sink, max_bytes=10**6)
+    for number in (2, 3):
+        single.append(batch(number))
+    single.reject(batch(99))
+    beyond = Spool(tmp_path / "worker-2" / sink, max_bytes=10**6)
+    beyond.append(batch(4))
+    moved = adopt_spools([tmp_path, tmp_path / "worker-2"], tmp_path / "worker-0")
+    reopened = Spool(tmp_path / "worker-0" / sink, max_bytes=10**6)
+    reopened.open()
+    seen = []
+    while (head := reopened.head()) is not None:
+        path, found = head
+        assert found is not None
+        seen.append(found.records()[0]["n"])
+        reopened.remove(path)
+    assert 3 == moved
+    assert [1, 2, 3, 4] == seen
+    assert 1 == len(list((tmp_path / sink / "rejected").glob("*.jsonl")))
