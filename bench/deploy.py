@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.service import WRK_SCRIPT, free_port  # noqa: E402
+from tests.service.process import workers_of  # noqa: E402
 from tests.service.redis_server import running_redis  # noqa: E402
 
 DEMO = ROOT / "rules" / "examples" / "demo.json"
@@ -47,19 +48,6 @@ def memory_kb(pid: int) -> tuple[int, int]:
         if name in ("Rss", "Pss"):
             found[name] = int(rest.split()[0])
     return found["Rss"], found["Pss"]
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return sorted(found)
 
 
 @contextmanager
@@ -91,7 +79,7 @@ def serving(workers: int, redis: str, work: Path) -> Iterator[tuple[str, list[in
         while True:
             try:
                 urllib.request.urlopen(f"{base}/readyz", timeout=1).close()
-                if workers == 1 or len(children(process.pid)) == workers:
+                if workers == 1 or len(workers_of(process.pid)) == workers:
                     break
             except OSError:
                 pass
@@ -99,7 +87,7 @@ def serving(workers: int, redis: str, work: Path) -> Iterator[tuple[str, list[in
                 raise RuntimeError("flagpost did not become ready")
             time.sleep(0.1)
         time.sleep(2)  # the workers' first metrics exchange and refresh done: idle
-        yield base, [process.pid, *children(process.pid)]
+        yield base, [process.pid, *sorted(workers_of(process.pid))]
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)

@@ -90,3 +90,17 @@ def wait_ready(base: str, process: subprocess.Popen[bytes], log: Path) -> None:
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.1)
     raise AssertionError("flagpost did not become ready")
+
+
+def workers_of(parent: int) -> set[int]:
+    """The live (not zombie) child processes of ``parent``: a server's workers."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent and fields[0] != "Z":
+                children.add(int(entry.name))
+    return children

@@ -19,23 +19,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.workers.worker import HEARTBEAT
 from tests.service.collector import running_collector
 from tests.service.conftest import DEMO
-from tests.service.process import free_port, running_service, service_env, wait_ready
+from tests.service.process import (
+    free_port,
+    running_service,
+    service_env,
+    wait_ready,
+    workers_of,
+)
 
 FR_PHONE = {"geo": {"country": "FR"}, "device": "phone"}
-
-
-def workers_of(arbiter: int) -> set[int]:
-    """The live child processes of ``arbiter``."""
-    children = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == arbiter and fields[0] != "Z":
-                children.add(int(entry.name))
-    return children
 
 
 def decide(base: str, visitor: str = "v-1") -> dict[str, object]:
