@@ -218,6 +218,7 @@ def _pipeline(
         parse_sink(
             spec,
             file_max_bytes=settings.events_file_max_bytes,
+            file_max_age=settings.events_file_max_age,
             timeout=min(settings.sink_timeout, 5.0),
             authorization=settings.events_auth.reveal() if settings.events_auth else None,
             source_id=settings.tracker_source,

@@ -329,6 +329,12 @@ class Settings:
     events_file_max_bytes: int = _setting(
         "FLAGPOST_EVENTS_FILE_MAX_BYTES", _size, 64 * 1024**2, "file sink rotation size, in bytes"
     )
+    events_file_max_age: float = _setting(
+        "FLAGPOST_EVENTS_FILE_MAX_AGE",
+        _positive,
+        300.0,
+        "seconds a file sink's file stays open before it is closed for readers (also when idle)",
+    )
     drain_timeout: float = _setting(
         "FLAGPOST_DRAIN_TIMEOUT", _positive, 10.0, "seconds to deliver queued events on stop"
     )

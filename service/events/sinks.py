@@ -3,7 +3,9 @@
     DeliveryError            a batch was not taken (.retry_after: seconds the sink asked for)
     └── Rejected             the sink refused the batch as malformed: retrying cannot help
 
-``FileSink`` appends JSON Lines to files that rotate by size. ``HttpSink`` posts to a collector
+``FileSink`` appends JSON Lines to files that rotate by size and by age; a file being written
+is named ``*.jsonl.open`` and becomes ``*.jsonl`` once closed, so a reader (``flagpost
+export``) takes only whole files. ``HttpSink`` posts to a collector
 in one of three formats: ``native`` (a JSON array of records), ``tracker`` (one tracker payload
 per visitor session, as a tracker endpoint takes them) or ``odp`` (ODP events only).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -27,11 +30,24 @@ import aiohttp
 import orjson
 
 from service.events.records import Batch
+from service.logs import get_logger
 from service.redaction import public_url
 
-__all__ = ["DeliveryError", "FileSink", "HttpSink", "Rejected", "Sink", "parse_sink"]
+__all__ = [
+    "OPEN_SUFFIX",
+    "DeliveryError",
+    "FileSink",
+    "HttpSink",
+    "Rejected",
+    "Sink",
+    "close_orphans",
+    "parse_sink",
+]
 
 T = TypeVar("T")
+log = get_logger(__name__)
+#: The suffix a file sink's file carries while it is being written.
+OPEN_SUFFIX = ".open"
 ALL_KINDS = frozenset({"decision", "conversion", "odp", "visitor_data"})
 FORMATS = {
     "native": ALL_KINDS,
@@ -67,28 +83,39 @@ class Sink(Protocol):
 
 
 class FileSink:
-    """JSON Lines under a directory, a new file whenever the current one passes ``max_bytes``.
+    """JSON Lines under a directory, a new file whenever the current one passes ``max_bytes``
+    or has been open ``max_age`` seconds (also when idle, so an idle replica's events still
+    reach a reader).
 
     Each batch is written and flushed to the operating system before it counts as delivered,
-    so it survives the process dying; a file is fsynced when it is rotated or closed. Every
-    touch of the disk (creating the directory, opening, writing, syncing) runs in the sink's
-    own thread, one at a time and in order: a slow or full disk never holds the event loop.
-    A failed write (a full disk, say) raises ``DeliveryError``, and the part of the batch
-    that did reach the file is cut off again, so a retry does not write a line twice.
+    so it survives the process dying. A file is written as ``events-<time>-<pid>.jsonl.open``
+    under an ``flock``; when it is rotated or closed it is fsynced and renamed to ``.jsonl``:
+    a ``.jsonl`` file is whole and never written again. An ``.open`` file whose lock is free
+    was left by a process that died; opening the sink closes those (renames them), and
+    ``flagpost export`` treats them the same way. Every touch of the disk (creating the
+    directory, opening, writing, syncing) runs in the sink's own thread, one at a time and
+    in order: a slow or full disk never holds the event loop. A failed write (a full disk,
+    say) raises ``DeliveryError``, and the part of the batch that did reach the file is cut
+    off again, so a retry does not write a line twice.
     """
 
     kinds = ALL_KINDS
 
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    def __init__(self, directory: Path, max_bytes: int, max_age: float = 300.0) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
+        self.max_age = max_age
         self.name = f"file:{directory}"
         self._file: IO[bytes] | None = None
         self._written = 0
+        self._opened_at = 0.0
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="flagpost-file-sink")
+        self._ager: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         await self._in_thread(self.directory.mkdir, parents=True, exist_ok=True)
+        await self._in_thread(close_orphans, self.directory)
+        self._ager = asyncio.create_task(self._close_when_old(), name="flagpost-file-ager")
 
     async def send(self, batch: Batch) -> None:
         data = batch.json_lines()
@@ -98,7 +125,7 @@ class FileSink:
             raise DeliveryError(f"cannot write to {self.directory}: {error}") from None
 
     def _write(self, data: bytes) -> None:
-        if self._file is None or self._written >= self.max_bytes:
+        if self._file is None or self._written >= self.max_bytes or self._old():
             self._rotate()
         file = self._file
         assert file is not None
@@ -114,36 +141,96 @@ class FileSink:
             raise
         self._written += len(data)
 
+    def _old(self) -> bool:
+        return time.monotonic() - self._opened_at >= self.max_age
+
     def _rotate(self) -> None:
+        self._finish()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        path = self.directory / f"events-{stamp}-{os.getpid()}.jsonl{OPEN_SUFFIX}"
+        file = path.open("ab", buffering=0)
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._file, self._written, self._opened_at = file, 0, time.monotonic()
+
+    def _finish(self) -> None:
+        """Close the current file, if any, and make it a ``.jsonl`` (in the sink's thread)."""
         finished, self._file = self._file, None
         if finished is not None:
             _sync_and_close(finished)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        path = self.directory / f"events-{stamp}-{os.getpid()}.jsonl"
-        self._file = path.open("ab", buffering=0)
-        self._written = 0
+
+    def _finish_if_old(self) -> None:
+        if self._file is not None and self._old():
+            self._finish()
+
+    async def _close_when_old(self) -> None:
+        while True:
+            await asyncio.sleep(min(self.max_age / 4, 5.0))
+            try:
+                await self._in_thread(self._finish_if_old)
+            except OSError as error:  # a full disk, say: the next write or check tries again
+                log.warning("events_file_not_closed", sink=self.name, error=str(error))
 
     async def close(self) -> None:
-        if self._file is not None:
-            file, self._file = self._file, None
-            try:
-                await self._in_thread(_sync_and_close, file)
-            except OSError as error:
-                raise DeliveryError(f"cannot close {file.name}: {error}") from None
-        self._thread.shutdown(wait=False)
+        if self._ager is not None:
+            self._ager.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ager
+        try:
+            await self._in_thread(self._finish)
+        except OSError as error:
+            raise DeliveryError(f"cannot close a file of {self.directory}: {error}") from None
+        finally:
+            self._thread.shutdown(wait=False)
 
     async def _in_thread(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, partial(function, *args, **kwargs))
 
 
+def close_orphans(directory: Path) -> list[Path]:
+    """Close the ``.jsonl.open`` files of ``directory`` no live process holds (their writer
+    died): renamed to ``.jsonl``, a truncated last line and all. Returns the closed files."""
+    closed = []
+    for path in sorted(directory.glob(f"*.jsonl{OPEN_SUFFIX}")):
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # closed by its writer meanwhile
+            continue
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a live writer holds it
+            continue
+        else:
+            target = path.with_name(path.name.removesuffix(OPEN_SUFFIX))
+            path.rename(target)
+            closed.append(target)
+        finally:
+            os.close(descriptor)
+    if closed:
+        _sync_directory(directory)
+    return closed
+
+
 def _sync_and_close(file: IO[bytes]) -> None:
+    """fsync, rename ``x.jsonl.open`` to ``x.jsonl`` (still holding the lock), close."""
     try:
         file.flush()
         os.fsync(file.fileno())
+        path = Path(str(file.name))
+        if path.name.endswith(OPEN_SUFFIX):
+            path.rename(path.with_name(path.name.removesuffix(OPEN_SUFFIX)))
+            _sync_directory(path.parent)
     finally:
         file.close()
+
+
+def _sync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 class HttpSink:
@@ -277,13 +364,14 @@ def parse_sink(
     timeout: float,
     authorization: str | None,
     source_id: str,
+    file_max_age: float = 300.0,
 ) -> Sink:
     """A sink from one entry of ``FLAGPOST_EVENTS``; ValueError says what is wrong with it."""
     if spec.startswith("file:"):
         directory = spec.removeprefix("file:")
         if not directory:
             raise ValueError(f"{spec!r} names no directory (write file:<dir>)")
-        return FileSink(Path(directory), file_max_bytes)
+        return FileSink(Path(directory), file_max_bytes, file_max_age)
     parts = urlsplit(spec)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{public_url(spec)!r} is neither file:<dir> nor an http(s) URL")

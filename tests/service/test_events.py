@@ -22,8 +22,8 @@ DECISION = "/v1/flags/{flag}/decision"
 
 
 def written(tmp_path: Path) -> list[dict[str, Any]]:
-    """Every record in the file sink, in order."""
-    files = sorted((tmp_path / "events").glob("*.jsonl"))
+    """Every record in the file sink, in order (the file still open included)."""
+    files = sorted((tmp_path / "events").glob("*.jsonl*"))
     return [json.loads(line) for path in files for line in path.read_text().splitlines()]
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from service.events.sinks import FileSink, HttpSink, parse_sink, tracker_payloads
+from service.events.records import Batch
+from service.events.sinks import FileSink, HttpSink, close_orphans, parse_sink, tracker_payloads
 
 
 def sink(spec: str) -> object:
@@ -55,3 +59,64 @@ def test_visitor_data_goes_to_the_tracker_typed_by_slug() -> None:
     assert [("page-view", {"url": "https://a.example/"})] == [
         (event["type"], event["properties"]) for event in payload["events"]
     ]
+
+
+async def test_a_file_is_open_while_written_and_closed_whole_after() -> None:
+    """A file being written is ``*.jsonl.open``; once the sink closes it, ``*.jsonl``."""
+    with tempfile.TemporaryDirectory() as temporary:
+        directory = Path(temporary)
+        sink = FileSink(directory, max_bytes=10**6)
+        await sink.open()
+        await sink.send(Batch.of([{"kind": "conversion", "n": 1}]))
+        while_open = [path.suffixes[-2:] for path in directory.iterdir()]
+        await sink.close()
+        closed = [path.suffixes[-1:] for path in directory.iterdir()]
+        text = next(directory.iterdir()).read_text()
+    assert [[".jsonl", ".open"]] == while_open
+    assert [[".jsonl"]] == closed
+    assert '{"kind":"conversion","n":1}\n' == text
+
+
+async def test_an_idle_file_is_closed_once_it_is_old() -> None:
+    """A file that got its last line long ago is closed when it passes its age, with no
+    further write to trigger it, and the next write opens a new one."""
+    with tempfile.TemporaryDirectory() as temporary:
+        directory = Path(temporary)
+        sink = FileSink(directory, max_bytes=10**6, max_age=0.2)
+        await sink.open()
+        try:
+            await sink.send(Batch.of([{"kind": "conversion", "n": 1}]))
+            deadline = time.monotonic() + 10
+            while not list(directory.glob("*.jsonl")):
+                assert time.monotonic() < deadline, "the idle file was not closed"
+                await asyncio.sleep(0.02)
+            await sink.send(Batch.of([{"kind": "conversion", "n": 2}]))
+            suffixes = sorted(path.suffix for path in directory.iterdir())
+        finally:
+            await sink.close()
+    assert [".jsonl", ".open"] == suffixes
+
+
+async def test_files_left_open_by_a_dead_writer_are_closed_and_a_live_ones_kept() -> None:
+    """Opening a sink closes the ``.open`` files no process holds (a crash left them);
+    ``close_orphans`` does the same later, and leaves the one a live writer holds."""
+    with tempfile.TemporaryDirectory() as temporary:
+        directory = Path(temporary)
+        before = directory / "events-20261202T000000000000Z-1.jsonl.open"
+        before.write_text('{"kind":"conversion","n":1}\n{"kind":"conv')
+        live = FileSink(directory, max_bytes=10**6)
+        await live.open()
+        await live.send(Batch.of([{"kind": "conversion", "n": 2}]))
+        (held,) = directory.glob("*.open")
+        later = directory / "events-20261202T000000000001Z-2.jsonl.open"
+        later.write_text('{"kind":"conversion","n":3}\n')
+        try:
+            closed = close_orphans(directory)
+            remaining = [path.name for path in directory.glob("*.open")]
+        finally:
+            await live.close()
+        truncated = (directory / before.name.removesuffix(".open")).read_text()
+    assert held != before
+    assert [directory / later.name.removesuffix(".open")] == closed
+    assert [held.name] == remaining
+    assert truncated.endswith('{"kind":"conv')

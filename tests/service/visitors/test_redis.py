@@ -171,7 +171,7 @@ async def test_the_redis_store_answers_the_routes_as_documented(start: Any, redi
 def _records(directory: Path) -> list[dict[str, Any]]:
     return [
         json.loads(line)
-        for path in sorted(directory.glob("*.jsonl"))
+        for path in sorted(directory.glob("*.jsonl*"))  # the file still open too
         for line in path.read_text().splitlines()
     ]
 
