@@ -3,6 +3,8 @@
     flagpost serve [--rules SOURCE] [--port N] ...   (every FLAGPOST_* setting has a flag)
     flagpost validate FILE
     flagpost decide FILE --visitor V [--flag K ...] [--context JSON] [--environment E] [--now T]
+    flagpost export --events DIR [--events DIR ...] --lake DIR [--account-id ID] [--now T] ...
+    flagpost query --lake DIR [--account-id ID] [--format table|csv|json] (SQL | -f FILE)
 
 Every failure is one clear line on stderr and a non-zero exit status, never a traceback:
 1 for invalid rules or a failed decision, 2 for unusable arguments.
@@ -65,7 +67,55 @@ def build_parser() -> argparse.ArgumentParser:
     decide.add_argument(
         "--now", help="evaluation time, ISO 8601 or epoch seconds (default: the clock)"
     )
+    _add_lake_commands(commands)
     return parser
+
+
+def _add_lake_commands(commands: Any) -> None:
+    export = commands.add_parser(
+        "export", help="turn event files into the enriched-events Parquet lake"
+    )
+    export.add_argument(
+        "--events",
+        action="append",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="a directory of event files (repeatable: one per replica)",
+    )
+    export.add_argument("--lake", required=True, type=Path, metavar="DIR", help="the lake")
+    export.add_argument("--account-id", help="the account (default: FLAGPOST_ACCOUNT_ID)")
+    export.add_argument("--now", help="the time to act as of, ISO 8601 (default: the clock)")
+    export.add_argument(
+        "--every", type=float, metavar="SECONDS", help="keep running, an export every SECONDS"
+    )
+    export.add_argument(
+        "--lateness",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long after its end a day is complete (default 3600)",
+    )
+    export.add_argument(
+        "--session-gap",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="inactivity that ends a session (default 1800)",
+    )
+    export.add_argument(
+        "--retention-days",
+        type=int,
+        default=365,
+        metavar="DAYS",
+        help="partitions older than this are removed (default 365)",
+    )
+    query = commands.add_parser("query", help="run SQL over the lake (tables decisions, events)")
+    query.add_argument("--lake", required=True, type=Path, metavar="DIR", help="the lake")
+    query.add_argument("--account-id", help="the account (default: the lake's only one)")
+    query.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    query.add_argument("-f", "--file", type=Path, help="read the SQL from FILE")
+    query.add_argument("sql", nargs="?", help="the SQL")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "validate":
             return _validate(args.file)
+        if args.command in ("export", "query"):
+            return _lake_command(args)
         return _decide(args)
     except _Failure as failure:
         print(f"flagpost: {failure}", file=sys.stderr)
@@ -120,6 +172,23 @@ def _run_workers(settings: Settings) -> None:
     except ImportError as missing:  # pragma: no cover - gunicorn is a dependency
         raise _Failure(f"--workers needs gunicorn: {missing}", EXIT_USAGE) from None
     run_workers(settings)
+
+
+def _lake_command(args: argparse.Namespace) -> int:
+    try:
+        from service.export import ExportError  # noqa: PLC0415
+        from service.export.cli import run_export, run_query  # noqa: PLC0415
+    except ImportError as missing:
+        raise _Failure(
+            f"flagpost {args.command} needs the lake extra ({missing.name} is missing): "
+            "pip install 'flagpost[lake]'"
+        ) from None
+    try:
+        return run_export(args) if args.command == "export" else run_query(args)
+    except ExportError as error:
+        raise _Failure(str(error)) from None
+    except ValueError as error:  # an unusable argument
+        raise _Failure(str(error), EXIT_USAGE) from None
 
 
 def _read(path: Path) -> bytes:

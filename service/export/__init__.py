@@ -1,0 +1,32 @@
+"""The enriched-events export: the raw event files of every replica into a Parquet lake,
+de-duplicated, sessionized and attributed, and SQL over it (``flagpost export``, ``flagpost
+query``).
+
+Needs the ``lake`` extra (``pip install 'flagpost[lake]'``: DuckDB and pyarrow); the service
+itself never imports this package.
+
+    ExportError            a one-line reason the export or the query cannot go on
+    ├── LakeLocked         another export is writing to the lake
+    ├── InputUnreadable    an input directory cannot be read
+    └── LakeUnwritable     the lake cannot be written (nothing half-written is left)
+"""
+
+from __future__ import annotations
+
+__all__ = ["ExportError", "InputUnreadable", "LakeLocked", "LakeUnwritable"]
+
+
+class ExportError(Exception):
+    """The export or the query cannot go on; the message says why in one line."""
+
+
+class LakeLocked(ExportError):
+    """Another export holds the lake's lock."""
+
+
+class InputUnreadable(ExportError):
+    """An input directory cannot be listed or a file in it read."""
+
+
+class LakeUnwritable(ExportError):
+    """The lake cannot be written."""

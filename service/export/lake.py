@@ -1,0 +1,168 @@
+"""The lake on disk: its layout, its lock, and runs that land whole or not at all.
+
+    <lake>/v1/account_id=<ID>/type=decisions/date=YYYY-MM-DD/experiment=<id>/*.parquet
+    <lake>/v1/account_id=<ID>/type=events/date=YYYY-MM-DD/event=<name>/*.parquet
+    <lake>/v1/account_id=<ID>/type=<type>/date=YYYY-MM-DD/_SUCCESS
+    <lake>/_flagpost/        the export's own: lock, state, runs, rejects reports
+
+Hive-style readers (DuckDB, Spark, Trino, Athena) skip names that begin with ``_``, so they
+never see the export's own files. A run writes everything (new parts, new state, its rejects
+report) under ``_flagpost/runs/<run>/``, marks it committed, and only then moves each file
+into place with a rename: a reader sees a part whole or not at all, and a run cut short is
+either finished (committed) or thrown away (not) by the next export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from service.export import LakeLocked, LakeUnwritable
+
+__all__ = ["Lake", "Run"]
+
+KINDS = {"decisions": "experiment", "events": "event"}
+_COMMITTED = "COMMITTED"
+
+
+@dataclass(frozen=True, slots=True)
+class Lake:
+    root: Path
+    account_id: str
+
+    @property
+    def own(self) -> Path:
+        return self.root / "_flagpost"
+
+    @property
+    def state(self) -> Path:
+        return self.own / "state"
+
+    def type_dir(self, kind: str) -> Path:
+        return self.root / "v1" / f"account_id={self.account_id}" / f"type={kind}"
+
+    def date_dir(self, kind: str, date: str) -> Path:
+        return self.type_dir(kind) / f"date={date}"
+
+    def parts(self, kind: str, dates: list[str] | None = None) -> list[Path]:
+        """The Parquet parts of ``kind`` (on ``dates`` only, if given)."""
+        if dates is None:
+            return sorted(self.type_dir(kind).glob("date=*/*/*.parquet"))
+        return [
+            part for date in dates for part in sorted(self.date_dir(kind, date).glob("*/*.parquet"))
+        ]
+
+    def dates(self) -> set[str]:
+        """The dates that have a partition of either kind."""
+        found = set()
+        for kind in KINDS:
+            for directory in self.type_dir(kind).glob("date=*"):
+                found.add(directory.name.removeprefix("date="))
+        return found
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the lake's lock for the block, or raise ``LakeLocked`` at once."""
+        try:
+            self.own.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.own / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            raise LakeUnwritable(f"{self.root}: cannot be written: {error.strerror}") from None
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(descriptor, 32).decode(errors="replace").strip() or "unknown"
+                raise LakeLocked(
+                    f"{self.root}: another export is writing to this lake (process {holder})"
+                ) from None
+            os.ftruncate(descriptor, 0)
+            os.write(descriptor, str(os.getpid()).encode())
+            yield
+        finally:
+            os.close(descriptor)
+
+    def mark_complete(self, date: str) -> None:
+        """Write ``_SUCCESS`` in both kinds' partitions of ``date``."""
+        for kind in KINDS:
+            directory = self.date_dir(kind, date)
+            directory.mkdir(parents=True, exist_ok=True)
+            marker = directory / "_SUCCESS"
+            temporary = directory / "._SUCCESS.tmp"
+            temporary.write_bytes(b"")
+            temporary.rename(marker)
+
+    def remove_dates_before(self, date: str) -> list[str]:
+        """Delete every partition of a date before ``date``; the dates removed."""
+        removed = sorted(day for day in self.dates() if day < date)
+        for day in removed:
+            for kind in KINDS:
+                shutil.rmtree(self.date_dir(kind, day), ignore_errors=True)
+        return removed
+
+
+class Run:
+    """One export run's files, landed together by ``land``."""
+
+    def __init__(self, lake: Lake, name: str) -> None:
+        self.lake = lake
+        self.name = name
+        self.dir = lake.own / "runs" / name
+        self.staged = self.dir / "staged"  # mirrors the lake's root
+        self.work = self.dir / "work"  # the engine's scratch, never landed
+
+    @classmethod
+    def begin(cls, lake: Lake) -> Run:
+        name = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        run = cls(lake, name)
+        try:
+            run.staged.mkdir(parents=True)
+            run.work.mkdir(parents=True)
+        except OSError as error:
+            raise LakeUnwritable(f"{lake.root}: cannot be written: {error.strerror}") from None
+        return run
+
+    def land(self) -> None:
+        """Commit the run, then move its files into place (what ``recover`` would finish)."""
+        (self.dir / _COMMITTED).write_bytes(b"")
+        _sync(self.dir)
+        self._move()
+
+    def _move(self) -> None:
+        for source in sorted(self.staged.rglob("*")):
+            if source.is_file():
+                target = self.lake.root / source.relative_to(self.staged)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source.rename(target)
+        shutil.rmtree(self.dir)
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @classmethod
+    def recover(cls, lake: Lake) -> int:
+        """Finish the committed runs an earlier export was cut short in, and throw away the
+        others; how many were finished."""
+        finished = 0
+        for directory in sorted((lake.own / "runs").glob("*")):
+            run = cls(lake, directory.name)
+            if (directory / _COMMITTED).exists():
+                run._move()
+                finished += 1
+            else:
+                run.abandon()
+        return finished
+
+
+def _sync(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,104 @@
+"""``flagpost query``: SQL over the lake with DuckDB, on the tables ``decisions`` and ``events``.
+
+The tables hold exactly the specification's columns (the partition values are in them
+already: ``experiment_id``, ``event_name``, the date of ``timestamp``). An account with no
+parts yet has the two tables, empty, so a query still runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from service.export import ExportError
+from service.export.job import DECISION_COLUMNS, EVENT_COLUMNS
+from service.export.lake import Lake
+
+__all__ = ["FORMATS", "account_of", "connect", "run_query"]
+
+FORMATS = ("table", "csv", "json")
+_EMPTY = {
+    "decisions": (
+        "uuid VARCHAR, timestamp BIGINT, process_timestamp BIGINT, visitor_id VARCHAR, "
+        "session_id VARCHAR, account_id VARCHAR, campaign_id VARCHAR, experiment_id VARCHAR, "
+        "variation_id VARCHAR, attributes STRUCT(id VARCHAR, name VARCHAR, type VARCHAR, "
+        "value VARCHAR)[], user_ip VARCHAR, user_agent VARCHAR, referer VARCHAR, "
+        "is_holdback BOOLEAN, revision VARCHAR, client_engine VARCHAR, client_version VARCHAR"
+    ),
+    "events": (
+        "uuid VARCHAR, timestamp BIGINT, process_timestamp BIGINT, visitor_id VARCHAR, "
+        "session_id VARCHAR, account_id VARCHAR, experiments STRUCT(campaign_id VARCHAR, "
+        "experiment_id VARCHAR, variation_id VARCHAR, is_holdback BOOLEAN)[], "
+        "entity_id VARCHAR, attributes STRUCT(id VARCHAR, name VARCHAR, type VARCHAR, "
+        "value VARCHAR)[], user_ip VARCHAR, user_agent VARCHAR, referer VARCHAR, "
+        "event_type VARCHAR, event_name VARCHAR, revenue BIGINT, value DOUBLE, "
+        "quantity BIGINT, tags MAP(VARCHAR, VARCHAR), revision VARCHAR, "
+        "client_engine VARCHAR, client_version VARCHAR"
+    ),
+}
+
+
+def account_of(root: Path, account_id: str | None) -> str:
+    """The account to query: the one given, else the lake's only one."""
+    if account_id:
+        return account_id
+    found = sorted(
+        path.name.removeprefix("account_id=") for path in (root / "v1").glob("account_id=*")
+    )
+    if len(found) != 1:
+        held = ", ".join(found) or "none"
+        raise ExportError(f"{root}: name the account with --account-id (the lake has: {held})")
+    return found[0]
+
+
+def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the views ``decisions`` and ``events`` over ``lake``."""
+    if not lake.root.is_dir():
+        raise ExportError(f"{lake.root}: no lake there")
+    con = duckdb.connect()
+    for table, columns in (("decisions", DECISION_COLUMNS), ("events", EVENT_COLUMNS)):
+        parts = [str(part) for part in lake.parts(table)]
+        if parts:
+            files = "[" + ", ".join(_quoted(part) for part in parts) + "]"
+            con.execute(
+                f"CREATE VIEW {table} AS SELECT {columns} "
+                f"FROM read_parquet({files}, hive_partitioning = false)"
+            )
+        else:
+            con.execute(f"CREATE TABLE {table} ({_EMPTY[table]})")
+    return con
+
+
+def run_query(con: duckdb.DuckDBPyConnection, text: str, format: str) -> str:
+    """The answer to ``text`` in ``format`` (``table``, ``csv`` or ``json``)."""
+    try:
+        relation = con.sql(text)
+    except duckdb.Error as error:
+        raise ExportError(f"the query failed: {str(error).splitlines()[0]}") from None
+    if relation is None:
+        return ""
+    if format == "table":
+        return str(relation)
+    columns = relation.columns
+    rows = relation.fetchall()
+    if format == "json":
+        objects = [dict(zip(columns, row, strict=True)) for row in rows]
+        return orjson.dumps(objects, default=_plain, option=orjson.OPT_INDENT_2).decode() + "\n"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _plain(value: Any) -> Any:
+    return str(value)
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
