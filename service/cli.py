@@ -5,6 +5,7 @@
     flagpost decide FILE --visitor V [--flag K ...] [--context JSON] [--environment E] [--now T]
     flagpost export --events DIR [--events DIR ...] --lake DIR [--account-id ID] [--now T] ...
     flagpost query --lake DIR [--account-id ID] [--format table|csv|json] (SQL | -f FILE)
+    flagpost forget --lake DIR [--account-id ID] VISITOR_ID ...
 
 Every failure is one clear line on stderr and a non-zero exit status, never a traceback:
 1 for invalid rules or a failed decision, 2 for unusable arguments.
@@ -115,7 +116,11 @@ def _add_lake_commands(commands: Any) -> None:
     query.add_argument("--account-id", help="the account (default: the lake's only one)")
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
     query.add_argument("-f", "--file", type=Path, help="read the SQL from FILE")
-    query.add_argument("sql", nargs="?", help="the SQL")  # fmt: skip
+    query.add_argument("sql", nargs="?", help="the SQL")
+    forget = commands.add_parser("forget", help="erase visitors' rows from the lake")
+    forget.add_argument("--lake", required=True, type=Path, metavar="DIR", help="the lake")
+    forget.add_argument("--account-id", help="the account (default: the lake's only one)")
+    forget.add_argument("visitors", nargs="+", metavar="VISITOR_ID")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "validate":
             return _validate(args.file)
-        if args.command in ("export", "query"):
+        if args.command in ("export", "query", "forget"):
             return _lake_command(args)
         return _decide(args)
     except _Failure as failure:
@@ -177,14 +182,15 @@ def _run_workers(settings: Settings) -> None:
 def _lake_command(args: argparse.Namespace) -> int:
     try:
         from service.export import ExportError  # noqa: PLC0415
-        from service.export.cli import run_export, run_query  # noqa: PLC0415
+        from service.export.cli import run_export, run_forget, run_query  # noqa: PLC0415
     except ImportError as missing:
         raise _Failure(
             f"flagpost {args.command} needs the lake extra ({missing.name} is missing): "
             "pip install 'flagpost[lake]'"
         ) from None
     try:
-        return run_export(args) if args.command == "export" else run_query(args)
+        commands = {"export": run_export, "query": run_query, "forget": run_forget}
+        return commands[args.command](args)
     except ExportError as error:
         raise _Failure(str(error)) from None
     except ValueError as error:  # an unusable argument

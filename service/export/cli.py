@@ -10,12 +10,13 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 from service.export import ExportError
+from service.export.forget import forget
 from service.export.job import ExportOptions, export
 from service.export.lake import Lake
 from service.export.query import account_of, connect
 from service.export.query import run_query as answer
 
-__all__ = ["run_export", "run_query"]
+__all__ = ["run_export", "run_forget", "run_query"]
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -70,6 +71,16 @@ def run_query(args: argparse.Namespace) -> int:
         sys.stdout.write(answer(con, text, args.format))
     finally:
         con.close()
+    return 0
+
+
+def run_forget(args: argparse.Namespace) -> int:
+    lake = Lake(args.lake, account_of(args.lake, args.account_id))
+    done = forget(lake, list(args.visitors))
+    print(
+        f"{done.rows} rows removed: {done.parts_rewritten} files rewritten, "
+        f"{done.parts_removed} removed"
+    )
     return 0
 
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from service.export import LakeUnwritable, sql
 from service.export.inputs import InputFile, Manifest, find_inputs
-from service.export.lake import Lake, Run
+from service.export.lake import Lake, Run, literal
 
 __all__ = ["ExportOptions", "Report", "export"]
 
@@ -176,8 +176,8 @@ def _run(
         state = run.staged / lake.state.relative_to(lake.root)
         state.mkdir(parents=True, exist_ok=True)
         keep = DAY_MS + gap
-        con.execute(f"COPY ({sql.TAILS.format(keep=keep)}) TO '{state / 'tails.parquet'}'")
-        con.execute(f"COPY (SELECT * FROM merged_firsts) TO '{state / 'firsts.parquet'}'")
+        con.execute(f"COPY ({sql.TAILS.format(keep=keep)}) TO {literal(state / 'tails.parquet')}")
+        con.execute(f"COPY (SELECT * FROM merged_firsts) TO {literal(state / 'firsts.parquet')}")
     finally:
         con.close()
     for file in new:
@@ -211,10 +211,9 @@ def _stage(
             con.register("lines", lines)
             rejected += unreadable
             con.execute(sql.CHECKED)
-            con.execute(f"COPY ({sql.DECISION_ROWS}) TO '{raw / f'decisions-{number}.parquet'}'")
-            con.execute(
-                f"COPY ({sql.CONVERSION_ROWS}) TO '{raw / f'conversions-{number}.parquet'}'"
-            )
+            for kind, rows in (("decisions", sql.DECISION_ROWS),
+                               ("conversions", sql.CONVERSION_ROWS)):  # fmt: skip
+                con.execute(f"COPY ({rows}) TO {literal(raw / f'{kind}-{number}.parquet')}")
             counts["lines"] += _one(con, "SELECT count(*) FROM checked")
             counts["not_exported"] += _one(
                 con,
@@ -294,7 +293,7 @@ def _groups(files: list[InputFile]) -> list[list[InputFile]]:
 
 
 def _view(con: duckdb.DuckDBPyConnection, name: str, pattern: Path) -> None:
-    con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM read_parquet('{pattern}')")
+    con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM read_parquet({literal(pattern)})")
 
 
 def _lake_uuids(con: duckdb.DuckDBPyConnection, lake: Lake) -> None:
@@ -314,7 +313,7 @@ def _lake_uuids(con: duckdb.DuckDBPyConnection, lake: Lake) -> None:
 
 def _state(con: duckdb.DuckDBPyConnection, name: str, path: Path, schema: str) -> None:
     if path.exists():
-        con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM read_parquet('{path}')")
+        con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM read_parquet({literal(path)})")
     else:
         con.execute(f"CREATE TEMP TABLE {name} ({schema})")
 
@@ -349,7 +348,8 @@ def _write_parts(con: duckdb.DuckDBPyConnection, lake: Lake, run: Run, account: 
         target = run.staged / lake.type_dir(kind).relative_to(lake.root)
         target.parent.mkdir(parents=True, exist_ok=True)
         con.execute(
-            f"COPY ({query}) TO '{target}' (FORMAT parquet, PARTITION_BY (date, {partition}), "
+            f"COPY ({query}) TO {literal(target)} (FORMAT parquet, "
+            f"PARTITION_BY (date, {partition}), "
             f"FILENAME_PATTERN 'part-{run.name}-{{i}}', OVERWRITE_OR_IGNORE)"
         )
 

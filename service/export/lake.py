@@ -25,10 +25,15 @@ from pathlib import Path
 
 from service.export import LakeLocked, LakeUnwritable
 
-__all__ = ["Lake", "Run"]
+__all__ = ["KINDS", "Lake", "Run", "literal"]
 
 KINDS = {"decisions": "experiment", "events": "event"}
 _COMMITTED = "COMMITTED"
+
+
+def literal(path: Path | str) -> str:
+    """``path`` as an SQL string literal (a lake's path may hold a quote)."""
+    return "'" + str(path).replace("'", "''") + "'"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import orjson
 
 from service.export import ExportError
 from service.export.job import DECISION_COLUMNS, EVENT_COLUMNS
-from service.export.lake import Lake
+from service.export.lake import Lake, literal
 
 __all__ = ["FORMATS", "account_of", "connect", "run_query"]
 
@@ -64,7 +64,7 @@ def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
     for table, columns in (("decisions", DECISION_COLUMNS), ("events", EVENT_COLUMNS)):
         parts = [str(part) for part in lake.parts(table)]
         if parts:
-            files = "[" + ", ".join(_quoted(part) for part in parts) + "]"
+            files = "[" + ", ".join(literal(part) for part in parts) + "]"
             con.execute(
                 f"CREATE VIEW {table} AS SELECT {columns} "
                 f"FROM read_parquet({files}, hive_partitioning = false)"
@@ -98,7 +98,3 @@ def run_query(con: duckdb.DuckDBPyConnection, text: str, format: str) -> str:
 
 def _plain(value: Any) -> Any:
     return str(value)
-
-
-def _quoted(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

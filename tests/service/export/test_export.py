@@ -415,3 +415,31 @@ def test_the_lake_has_the_specifications_columns_in_order(tmp_path: Path) -> Non
         ("quantity", "BIGINT"), ("tags", "MAP(VARCHAR, VARCHAR)"), ("revision", "VARCHAR"),
         ("client_engine", "VARCHAR"), ("client_version", "VARCHAR"),
     ] == described["events"]  # fmt: skip
+
+
+def test_forget_removes_a_visitors_rows_everywhere_and_only_theirs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After flagpost forget, no partition nor the export's state holds the visitor, the
+    other visitors' rows are all there, and a part left empty is gone."""
+    two_replicas(tmp_path)
+    run(tmp_path)
+    lake = Lake(tmp_path / "lake", ACCOUNT)
+    before = answer(tmp_path, "SELECT (SELECT count(*) FROM decisions) + "
+                    "(SELECT count(*) FROM events) AS n")["n"]  # fmt: skip
+    status = main(["forget", "--lake", str(lake.root), "v1", "v4"])
+    con = duckdb.connect()
+    left = {
+        str(path.relative_to(lake.root)): con.execute(
+            "SELECT count(*) FROM read_parquet(?) WHERE visitor_id IN ('v1', 'v4')", [str(path)]
+        ).fetchone()
+        for path in [*lake.parts("decisions"), *lake.parts("events"),
+                     lake.state / "tails.parquet", lake.state / "firsts.parquet"]
+    }  # fmt: skip
+    after = answer(tmp_path, "SELECT (SELECT count(*) FROM decisions) + "
+                   "(SELECT count(*) FROM events) AS n")["n"]  # fmt: skip
+    assert 0 == status
+    assert "5 rows removed" in capsys.readouterr().out  # v1: d1, d2, c1, c2; v4: d5
+    assert all((0,) == count for count in left.values())
+    assert before - 5 == after
+    assert [] == list(lake.date_dir("decisions", "2026-11-30").glob("experiment=E2/*.parquet"))
