@@ -111,10 +111,22 @@ def _add_lake_commands(commands: Any) -> None:
         metavar="DAYS",
         help="partitions older than this are removed (default 365)",
     )
+    export.add_argument(
+        "--engine",
+        choices=("duckdb", "spark"),
+        default="duckdb",
+        help="where the enrichment runs (default duckdb; spark needs the spark extra and Java)",
+    )
     query = commands.add_parser("query", help="run SQL over the lake (tables decisions, events)")
     query.add_argument("--lake", required=True, type=Path, metavar="DIR", help="the lake")
     query.add_argument("--account-id", help="the account (default: the lake's only one)")
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    query.add_argument(
+        "--engine",
+        choices=("duckdb", "spark"),
+        default="duckdb",
+        help="what runs the SQL (spark: translated from DuckDB's dialect)",
+    )
     query.add_argument("-f", "--file", type=Path, help="read the SQL from FILE")
     query.add_argument("sql", nargs="?", help="the SQL")
     forget = commands.add_parser("forget", help="erase visitors' rows from the lake")

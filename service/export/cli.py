@@ -13,7 +13,7 @@ from service.export import ExportError
 from service.export.forget import forget
 from service.export.job import ExportOptions, export
 from service.export.lake import Lake
-from service.export.query import account_of, connect
+from service.export.query import account_of, connect, spark_answer
 from service.export.query import run_query as answer
 
 __all__ = ["run_export", "run_forget", "run_query"]
@@ -49,6 +49,7 @@ def run_export(args: argparse.Namespace) -> int:
             session_gap=timedelta(seconds=args.session_gap),
             retention_days=args.retention_days,
             progress=sys.stderr.isatty(),
+            engine=args.engine,
         )
         report = export(options)
         print(report.summary(), flush=True)
@@ -66,6 +67,9 @@ def run_query(args: argparse.Namespace) -> int:
     except OSError as error:
         raise ExportError(f"{args.file}: {error.strerror}") from None
     lake = Lake(args.lake, account_of(args.lake, args.account_id))
+    if args.engine == "spark":
+        sys.stdout.write(spark_answer(lake, text, args.format))
+        return 0
     con = connect(lake)
     try:
         sys.stdout.write(answer(con, text, args.format))

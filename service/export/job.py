@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import pyarrow.csv as pa_csv
 from tqdm import tqdm
 
 from service.export import LakeUnwritable, sql
+from service.export.engines import DuckEngine, Engine, open_engine
 from service.export.inputs import InputFile, Manifest, find_inputs
 from service.export.lake import Lake, Run, literal
 
@@ -46,11 +48,14 @@ EVENT_COLUMNS = (
     "entity_id, attributes, user_ip, user_agent, referer, event_type, event_name, revenue, "
     "value, quantity, tags, revision, client_engine, client_version"
 )
-_TAILS_SCHEMA = "visitor_id VARCHAR, session_start BIGINT, last_timestamp BIGINT"
-_FIRSTS_SCHEMA = (
+_TAILS = "visitor_id VARCHAR, session_start BIGINT, last_timestamp BIGINT"
+_FIRSTS = (
     "visitor_id VARCHAR, experiment_id VARCHAR, campaign_id VARCHAR, variation_id VARCHAR, "
     "timestamp BIGINT, uuid VARCHAR"
 )
+_FIRSTS_COLUMNS = "visitor_id, experiment_id, campaign_id, variation_id, timestamp, uuid"
+#: What an account id may be: it names a directory of the lake and is written in every row.
+ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,13 @@ class ExportOptions:
     session_gap: timedelta = timedelta(minutes=30)
     retention_days: int = 365
     progress: bool = False
+    engine: str = "duckdb"
+
+    def __post_init__(self) -> None:
+        if not ACCOUNT_ID.fullmatch(self.account_id):
+            raise ValueError(
+                f"account id {self.account_id!r}: 1 to 64 letters, digits, '_', '.' or '-'"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,44 +154,50 @@ def _run(
     completed: set[str],
     options: ExportOptions,
 ) -> tuple[dict[str, int], Path | None]:
-    con = duckdb.connect(
-        config={
-            "temp_directory": str(run.work / "spill"),
-            "memory_limit": "1GB",
-            "preserve_insertion_order": False,
-        }
-    )
+    staging = DuckEngine(run.work)
+    engine: Engine = staging
     try:
-        counts, rejected = _stage(con, run, new, options.progress)
+        counts, rejected = _stage(staging.con, run, new, options.progress)
+        if options.engine != "duckdb":
+            engine = open_engine(options.engine, run.work)
         raw = run.work / "raw"
-        _view(con, "raw_decisions", raw / "decisions-*.parquet")
-        _view(con, "raw_conversions", raw / "conversions-*.parquet")
-        _lake_uuids(con, lake)
-        for table, raw_table in (("new_decisions", "raw_decisions"),
-                                 ("new_conversions", "raw_conversions")):  # fmt: skip
-            con.execute(sql.DEDUPLICATED.format(table=table, raw=raw_table))
-        _state(con, "tails", lake.state / "tails.parquet", _TAILS_SCHEMA)
-        _state(con, "firsts", lake.state / "firsts.parquet", _FIRSTS_SCHEMA)
+        engine.parquet("raw_decisions", sorted(raw.glob("decisions-*.parquet")), "")
+        engine.parquet("raw_conversions", sorted(raw.glob("conversions-*.parquet")), "")
+        dates = [
+            row[0]
+            for row in staging.con.execute(
+                "SELECT DISTINCT strftime(epoch_ms(timestamp), '%Y-%m-%d') FROM read_parquet(?)",
+                [[str(path) for path in sorted(raw.glob("*.parquet"))]],
+            ).fetchall()
+        ]
+        parts = [part for kind in ("decisions", "events") for part in lake.parts(kind, dates)]
+        engine.parquet("lake_uuids", parts, "uuid VARCHAR", columns="uuid")
+        engine.table("new_decisions", sql.DEDUPLICATED.format(raw="raw_decisions"))
+        engine.table("new_conversions", sql.DEDUPLICATED.format(raw="raw_conversions"))
+        state_files = [lake.state / "tails.parquet", lake.state / "firsts.parquet"]
+        engine.parquet("tails", [state_files[0]] if state_files[0].exists() else [], _TAILS)
+        engine.parquet("firsts", [state_files[1]] if state_files[1].exists() else [], _FIRSTS)
         gap = int(options.session_gap.total_seconds() * 1000)
-        con.execute(sql.SESSIONS.format(gap=gap, longest=DAY_MS))
-        con.execute(f"CREATE TEMP TABLE merged_firsts AS {sql.FIRSTS}")
-        counts["decisions"] = _one(con, "SELECT count(*) FROM new_decisions")
-        counts["conversions"] = _one(con, "SELECT count(*) FROM new_conversions")
+        engine.table("sessions", sql.SESSIONS.format(gap=gap, longest=DAY_MS))
+        engine.table("merged_firsts", sql.FIRSTS)
+        counts["decisions"] = engine.count("SELECT uuid FROM new_decisions")
+        counts["conversions"] = engine.count("SELECT uuid FROM new_conversions")
         counts["duplicates"] = (
-            _one(con, "SELECT count(*) FROM raw_decisions")
-            + _one(con, "SELECT count(*) FROM raw_conversions")
+            engine.count("SELECT uuid FROM raw_decisions")
+            + engine.count("SELECT uuid FROM raw_conversions")
             - counts["decisions"]
             - counts["conversions"]
         )
-        counts["late"] = _late(con, completed)
-        _write_parts(con, lake, run, options.account_id)
+        counts["late"] = _late(engine, completed)
+        _write_parts(engine, lake, run, options.account_id)
         state = run.staged / lake.state.relative_to(lake.root)
         state.mkdir(parents=True, exist_ok=True)
-        keep = DAY_MS + gap
-        con.execute(f"COPY ({sql.TAILS.format(keep=keep)}) TO {literal(state / 'tails.parquet')}")
-        con.execute(f"COPY (SELECT * FROM merged_firsts) TO {literal(state / 'firsts.parquet')}")
+        engine.write_file(sql.TAILS.format(keep=DAY_MS + gap), state / "tails.parquet")
+        engine.write_file(f"SELECT {_FIRSTS_COLUMNS} FROM merged_firsts", state / "firsts.parquet")
     finally:
-        con.close()
+        if engine is not staging:
+            engine.close()
+        staging.close()
     for file in new:
         manifest.add(file, run.name)
     (state / "manifest.json").write_bytes(manifest.dumps())
@@ -292,75 +310,45 @@ def _groups(files: list[InputFile]) -> list[list[InputFile]]:
     return groups
 
 
-def _view(con: duckdb.DuckDBPyConnection, name: str, pattern: Path) -> None:
-    con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM read_parquet({literal(pattern)})")
-
-
-def _lake_uuids(con: duckdb.DuckDBPyConnection, lake: Lake) -> None:
-    dates = [
-        row[0]
-        for row in con.execute(
-            "SELECT DISTINCT strftime(epoch_ms(timestamp), '%Y-%m-%d') FROM raw_decisions "
-            "UNION SELECT DISTINCT strftime(epoch_ms(timestamp), '%Y-%m-%d') FROM raw_conversions"
-        ).fetchall()
-    ]
-    parts = [str(part) for kind in ("decisions", "events") for part in lake.parts(kind, dates)]
-    if parts:
-        con.execute("CREATE TEMP TABLE lake_uuids AS SELECT uuid FROM read_parquet(?)", [parts])
-    else:
-        con.execute("CREATE TEMP TABLE lake_uuids (uuid VARCHAR)")
-
-
-def _state(con: duckdb.DuckDBPyConnection, name: str, path: Path, schema: str) -> None:
-    if path.exists():
-        con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM read_parquet({literal(path)})")
-    else:
-        con.execute(f"CREATE TEMP TABLE {name} ({schema})")
-
-
-def _late(con: duckdb.DuckDBPyConnection, completed: set[str]) -> int:
+def _late(engine: Engine, completed: set[str]) -> int:
     if not completed:
         return 0
-    return _one(
-        con,
-        "SELECT count(*) FROM (SELECT timestamp FROM new_decisions UNION ALL "
+    days = ", ".join(f"'{day}'" for day in sorted(completed))  # YYYY-MM-DD: ours, checked
+    return engine.count(
+        "SELECT timestamp FROM (SELECT timestamp FROM new_decisions UNION ALL "
         "SELECT timestamp FROM new_conversions) "
-        "WHERE strftime(epoch_ms(timestamp), '%Y-%m-%d') IN (SELECT unnest(?))",
-        [sorted(completed)],
+        f"WHERE strftime(epoch_ms(timestamp), '%Y-%m-%d') IN ({days})"
     )
 
 
-def _write_parts(con: duckdb.DuckDBPyConnection, lake: Lake, run: Run, account: str) -> None:
-    con.execute("CREATE TEMP TABLE account AS SELECT ?::VARCHAR AS account_id", [account])
+def _write_parts(engine: Engine, lake: Lake, run: Run, account: str) -> None:
     session = "md5(n.visitor_id || ':' || s.session_start::VARCHAR) AS session_id"
+    account_column = f"'{account}' AS account_id"  # checked: letters, digits, _ . -
     date = "strftime(epoch_ms(n.timestamp), '%Y-%m-%d') AS date"
     decisions = f"""
-        SELECT {_prefixed(DECISION_COLUMNS, session)}, {date}, n.experiment_id AS experiment
-        FROM new_decisions n JOIN sessions s USING (uuid), account
+        SELECT {_prefixed(DECISION_COLUMNS, session, account_column)}, {date},
+               n.experiment_id AS experiment
+        FROM new_decisions n JOIN sessions s ON s.uuid = n.uuid
     """
     events = f"""
-        SELECT {_prefixed(EVENT_COLUMNS, session)}, {date}, n.event_name AS event
-        FROM new_conversions n JOIN sessions s USING (uuid)
-        JOIN ({sql.ATTRIBUTED}) a USING (uuid), account
+        SELECT {_prefixed(EVENT_COLUMNS, session, account_column)}, {date},
+               n.event_name AS event
+        FROM new_conversions n JOIN sessions s ON s.uuid = n.uuid
+        JOIN ({sql.ATTRIBUTED}) a ON a.uuid = n.uuid
     """
     for kind, query, partition in (("decisions", decisions, "experiment"),
                                    ("events", events, "event")):  # fmt: skip
         target = run.staged / lake.type_dir(kind).relative_to(lake.root)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        con.execute(
-            f"COPY ({query}) TO {literal(target)} (FORMAT parquet, "
-            f"PARTITION_BY (date, {partition}), "
-            f"FILENAME_PATTERN 'part-{run.name}-{{i}}', OVERWRITE_OR_IGNORE)"
-        )
+        engine.write_partitioned(query, target, ("date", partition))
 
 
-def _prefixed(columns: str, session: str) -> str:
+def _prefixed(columns: str, session: str, account: str) -> str:
     chosen = []
     for column in (name.strip() for name in columns.split(",")):
         if column == "session_id":
             chosen.append(session)
         elif column == "account_id":
-            chosen.append("account.account_id")
+            chosen.append(account)
         elif column == "experiments":
             chosen.append("a.experiments")
         else:
@@ -368,10 +356,9 @@ def _prefixed(columns: str, session: str) -> str:
     return ", ".join(chosen)
 
 
-def _one(con: duckdb.DuckDBPyConnection, query: str, parameters: list[Any] | None = None) -> int:
-    row = con.execute(query, parameters or []).fetchone()
-    assert row is not None
-    return int(row[0])
+def _one(con: duckdb.DuckDBPyConnection, query: str) -> int:
+    row = con.execute(query).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _load_days(lake: Lake) -> set[str]:

@@ -19,7 +19,7 @@ from service.export import ExportError
 from service.export.job import DECISION_COLUMNS, EVENT_COLUMNS
 from service.export.lake import Lake, literal
 
-__all__ = ["FORMATS", "account_of", "connect", "run_query"]
+__all__ = ["FORMATS", "account_of", "connect", "run_query", "spark_answer"]
 
 FORMATS = ("table", "csv", "json")
 _EMPTY = {
@@ -98,3 +98,37 @@ def run_query(con: duckdb.DuckDBPyConnection, text: str, format: str) -> str:
 
 def _plain(value: Any) -> Any:
     return str(value)
+
+
+def spark_answer(lake: Lake, text: str, format: str) -> str:
+    """``text`` (DuckDB's dialect, which takes the specification's Presto-style SQL) run on
+    Spark, translated by sqlglot, over the same tables; answered as ``run_query`` does."""
+    import tempfile  # noqa: PLC0415
+
+    from service.export.engines import SparkEngine  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="flagpost-query-") as scratch:
+        engine = SparkEngine(Path(scratch))
+        try:
+            for table, columns in (("decisions", DECISION_COLUMNS), ("events", EVENT_COLUMNS)):
+                parts = lake.parts(table)
+                engine.parquet(table, parts, _EMPTY[table], columns=columns if parts else "*")
+            try:
+                frame = engine.spark.sql(engine_sql(text)).toPandas()
+            except Exception as error:  # Spark's errors have no common base worth naming
+                reason = str(error).splitlines()[0]
+                raise ExportError(f"the query failed on Spark: {reason}") from None
+        finally:
+            engine.close()
+    con = duckdb.connect()
+    try:
+        con.register("answer", frame)
+        return run_query(con, "SELECT * FROM answer", format)
+    finally:
+        con.close()
+
+
+def engine_sql(text: str) -> str:
+    from service.export.engines import to_spark  # noqa: PLC0415
+
+    return to_spark(text)

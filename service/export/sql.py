@@ -1,9 +1,10 @@
 """The export's SQL, in DuckDB's dialect: checking raw lines, typing them, and the enrichment
 (de-duplication, sessionization, attribution) over the typed rows.
 
-The enrichment is written once, as SQL over tables, so the engine is a choice; names in
-braces (``{gap}``) are filled in by the engine with numbers it has checked, never with text
-from the input. Tables the statements expect:
+Checking and typing run on DuckDB. The enrichment is written once, as queries over tables,
+and runs on the engine chosen (``service.export.engines``): as it is on DuckDB, translated
+by sqlglot on Spark. Names in braces (``{gap}``) are filled in with numbers the caller
+checked, never with text from the input. Tables the enrichment expects:
 
 - ``lines(file, line_no, line)``: the raw lines of the new input files;
 - ``lake_uuids(uuid)``: the uuids already in the lake on the dates the new rows fall on;
@@ -174,7 +175,6 @@ FROM checked WHERE kind = 'conversion' AND reason IS NULL
 #: ``{table}`` without the rows whose uuid came before (in an earlier line, file or run):
 #: the first line of a uuid is kept, in the order of process time, file and line.
 DEDUPLICATED = """
-CREATE OR REPLACE TEMP TABLE {table} AS
 SELECT * FROM {raw}
 WHERE uuid NOT IN (SELECT uuid FROM lake_uuids)
 QUALIFY row_number() OVER (PARTITION BY uuid ORDER BY process_timestamp, file, line_no) = 1
@@ -187,7 +187,6 @@ QUALIFY row_number() OVER (PARTITION BY uuid ORDER BY process_timestamp, file, l
 #: spanning two runs keeps its id. The id is derived from the visitor and the session's
 #: start: the same events give the same id in every run.
 SESSIONS = """
-CREATE OR REPLACE TEMP TABLE sessions AS
 WITH events AS (
     SELECT visitor_id, timestamp, uuid, NULL::BIGINT AS fixed_start FROM new_decisions
     UNION ALL
@@ -231,28 +230,26 @@ WHERE visitor_id NOT IN (SELECT visitor_id FROM sessions)
 
 #: Each visitor's first decision in each experiment, over earlier runs and this one.
 FIRSTS = """
-SELECT visitor_id, experiment_id,
-    arg_min(campaign_id, (timestamp, uuid)) AS campaign_id,
-    arg_min(variation_id, (timestamp, uuid)) AS variation_id,
-    min(timestamp) AS timestamp,
-    arg_min(uuid, (timestamp, uuid)) AS uuid
+SELECT visitor_id, experiment_id, campaign_id, variation_id, timestamp, uuid
 FROM (
     SELECT visitor_id, campaign_id, experiment_id, variation_id, timestamp, uuid FROM firsts
     UNION ALL
     SELECT visitor_id, campaign_id, experiment_id, variation_id, timestamp, uuid
     FROM new_decisions
 )
-GROUP BY visitor_id, experiment_id
+QUALIFY row_number() OVER (PARTITION BY visitor_id, experiment_id ORDER BY timestamp, uuid) = 1
 """
 
 #: Every new conversion with the experiments it is attributed to: each experiment the
-#: visitor had a decision in at or before it, with the first variation given there.
+#: visitor had a decision in at or before it, with the first variation given there; sorted,
+#: so that every engine lists them in one order.
 ATTRIBUTED = """
 SELECT c.uuid,
     coalesce(
-        list(struct_pack(campaign_id := f.campaign_id, experiment_id := f.experiment_id,
-                         variation_id := f.variation_id, is_holdback := false)
-             ORDER BY f.experiment_id) FILTER (WHERE f.experiment_id IS NOT NULL),
+        list_sort(
+            list(struct_pack(campaign_id := f.campaign_id, experiment_id := f.experiment_id,
+                             variation_id := f.variation_id, is_holdback := false))
+            FILTER (WHERE f.experiment_id IS NOT NULL)),
         []) AS experiments
 FROM new_conversions c
 LEFT JOIN merged_firsts f ON f.visitor_id = c.visitor_id AND f.timestamp <= c.timestamp
