@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import aiohttp
 import orjson
 
+from service.durable import sync_directory
 from service.events.records import Batch
 from service.logs import get_logger
 from service.redaction import public_url
@@ -208,7 +209,7 @@ def close_orphans(directory: Path) -> list[Path]:
         finally:
             os.close(descriptor)
     if closed:
-        _sync_directory(directory)
+        sync_directory(directory)
     return closed
 
 
@@ -220,17 +221,9 @@ def _sync_and_close(file: IO[bytes]) -> None:
         path = Path(str(file.name))
         if path.name.endswith(OPEN_SUFFIX):
             path.rename(path.with_name(path.name.removesuffix(OPEN_SUFFIX)))
-            _sync_directory(path.parent)
+            sync_directory(path.parent)
     finally:
         file.close()
-
-
-def _sync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 class HttpSink:

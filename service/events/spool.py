@@ -31,6 +31,7 @@ from pathlib import Path
 
 import orjson
 
+from service.durable import sync_directory
 from service.events.records import Batch
 
 __all__ = ["WORKER_PREFIX", "Spool", "SpoolLock", "SpoolLocked", "adopt_spools"]
@@ -124,7 +125,7 @@ class Spool:
                 file.flush()
                 os.fsync(file.fileno())
             temporary.rename(path)
-            _sync_directory(self.directory)
+            sync_directory(self.directory)
         except OSError:
             with self._lock:
                 self.bytes -= len(data)
@@ -176,15 +177,6 @@ class Spool:
         self.remove(path, aside="rejected")
 
 
-def _sync_directory(directory: Path) -> None:
-    # The rename is durable only once the directory entry is on disk too.
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def adopt_spools(sources: list[Path], into: Path) -> int:
     """Move the batches of every sink spool under each of ``sources`` (worker directories
     skipped) into the same sink's spool under ``into``, numbered after the batches there, in
@@ -208,6 +200,6 @@ def adopt_spools(sources: list[Path], into: Path) -> int:
                 batch.rename(target / f"{number:020d}{_SUFFIX}")
                 number += 1
                 moved += 1
-            _sync_directory(target)
-            _sync_directory(sink)
+            sync_directory(target)
+            sync_directory(sink)
     return moved

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from service.durable import sync_directory
 from service.export import LakeLocked, LakeUnwritable
 
 __all__ = ["KINDS", "Lake", "Run", "literal"]
@@ -136,7 +137,7 @@ class Run:
     def land(self) -> None:
         """Commit the run, then move its files into place (what ``recover`` would finish)."""
         (self.dir / _COMMITTED).write_bytes(b"")
-        _sync(self.dir)
+        sync_directory(self.dir)
         self._move()
 
     def _move(self) -> None:
@@ -163,11 +164,3 @@ class Run:
             else:
                 run.abandon()
         return finished
-
-
-def _sync(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
