@@ -193,7 +193,12 @@ def _run(
         state = run.staged / lake.state.relative_to(lake.root)
         state.mkdir(parents=True, exist_ok=True)
         engine.write_file(sql.TAILS.format(keep=DAY_MS + gap), state / "tails.parquet")
-        engine.write_file(f"SELECT {_FIRSTS_COLUMNS} FROM merged_firsts", state / "firsts.parquet")
+        # First decisions older than the retention go with their partitions.
+        kept_from = int((options.now - timedelta(days=options.retention_days)).timestamp() * 1000)
+        engine.write_file(
+            f"SELECT {_FIRSTS_COLUMNS} FROM merged_firsts WHERE timestamp >= {kept_from}",
+            state / "firsts.parquet",
+        )
     finally:
         if engine is not staging:
             engine.close()

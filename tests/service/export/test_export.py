@@ -371,12 +371,28 @@ def test_unusable_inputs_and_lakes_are_one_line_and_leave_nothing(
 
 
 def test_partitions_past_the_retention_are_removed(tmp_path: Path) -> None:
-    """A run a year and more later removes the partitions older than the retention."""
+    """A run a year and more later removes the partitions older than the retention, and
+    the first decisions of those days from the export's state."""
     two_replicas(tmp_path)
     run(tmp_path)
-    report = run(tmp_path, now=DAY + timedelta(days=400))
+    later = DAY + timedelta(days=400)
+    at = int(later.timestamp() * 1000) - 60 * MINUTE
+    Scenario().write(
+        tmp_path / "a" / "events-20280104T000000000000Z-11.jsonl",
+        [decision("d20", at, "v9", "E1", "A")],
+    )
+    report = run(tmp_path, now=later)
+    firsts = (
+        duckdb.connect()
+        .execute(
+            "SELECT visitor_id FROM read_parquet(?)",
+            [str(Lake(tmp_path / "lake", ACCOUNT).state / "firsts.parquet")],
+        )
+        .fetchall()
+    )
     assert ("2026-11-30",) == report.removed
-    assert 0 == answer(tmp_path, "SELECT count(*) AS n FROM decisions")["n"]
+    assert 1 == answer(tmp_path, "SELECT count(*) AS n FROM decisions")["n"]
+    assert [("v9",)] == firsts  # the first decisions of the removed days went with them
 
 
 def test_the_lake_has_the_specifications_columns_in_order(tmp_path: Path) -> None:
