@@ -58,6 +58,10 @@ class DuckEngine:
                 "temp_directory": str(scratch / "spill"),
                 "memory_limit": "1GB",
                 "preserve_insertion_order": False,
+                # A partitioned write holds each open partition's rows until this many: the
+                # default (half a million) times a week of dates and experiments does not
+                # fit under the memory limit.
+                "partitioned_write_flush_threshold": 65536,
             }
         )
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from tqdm import tqdm
 
-from service.export import LakeUnwritable, sql
+from service.export import ExportError, LakeUnwritable, sql
 from service.export.engines import DuckEngine, Engine, open_engine
 from service.export.inputs import InputFile, Manifest, find_inputs
 from service.export.lake import Lake, Run, literal
@@ -35,7 +35,7 @@ from service.export.lake import Lake, Run, literal
 __all__ = ["ExportOptions", "Report", "export"]
 
 #: Bytes of input read in one group (its lines are held in memory while checked).
-GROUP_BYTES = 128 * 1024**2
+GROUP_BYTES = 64 * 1024**2
 DAY_MS = 86_400_000
 
 DECISION_COLUMNS = (
@@ -123,6 +123,13 @@ def export(options: ExportOptions) -> Report:
             except OSError as error:
                 run.abandon()
                 raise LakeUnwritable(f"{lake.root}: cannot be written: {error}") from None
+            except ExportError:
+                run.abandon()
+                raise
+            except Exception as error:  # the engine's (DuckDB's, Spark's): one line, no trace
+                run.abandon()
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise ExportError(f"the export failed, nothing was written: {reason}") from None
             except BaseException:
                 run.abandon()
                 raise

@@ -15,7 +15,7 @@ import duckdb
 import pytest
 
 from service.cli import main
-from service.export import LakeLocked
+from service.export import ExportError, LakeLocked, sql
 from service.export.job import ExportOptions, Report, export
 from service.export.lake import Lake
 from service.export.query import connect, run_query
@@ -459,3 +459,20 @@ def test_forget_removes_a_visitors_rows_everywhere_and_only_theirs(
     assert all((0,) == count for count in left.values())
     assert before - 5 == after
     assert [] == list(lake.date_dir("decisions", "2026-11-30").glob("experiment=E2/*.parquet"))
+
+
+def test_a_failure_inside_the_engine_is_one_line_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the engine fails midway (here, a query it cannot run), the export stops with
+    one line, and neither a part nor the run's scratch is left in the lake."""
+    two_replicas(tmp_path)
+    monkeypatch.setattr(sql, "SESSIONS", "SELECT no_such_column FROM new_decisions")
+    with pytest.raises(ExportError, match=r"^the export failed, nothing was written: "):
+        run(tmp_path)
+    lake = Lake(tmp_path / "lake", ACCOUNT)
+    assert ([], [], False) == (
+        lake.parts("decisions"),
+        list((lake.own / "runs").iterdir()),
+        lake.state.exists(),
+    )
