@@ -1,9 +1,12 @@
 """The enriched-events export: the raw event files of every replica into a Parquet lake,
 de-duplicated, sessionized and attributed, and SQL over it (``flagpost export``, ``flagpost
-query``).
+query``, ``flagpost forget``).
 
-Needs the ``lake`` extra (``pip install 'flagpost[lake]'``: DuckDB and pyarrow); the service
-itself never imports this package.
+``inputs`` finds the closed files and keeps the manifest; ``lake`` is the layout, the lock
+and runs that land whole; ``sql`` the queries; ``engines`` runs them (DuckDB, or Spark);
+``job`` is one export; ``query`` and ``forget`` the other commands; ``cli`` their arguments.
+Needs the ``lake`` extra (``pip install 'flagpost[lake]'``: DuckDB, pyarrow, tqdm), and the
+``spark`` extra for ``--engine spark``; the service itself never imports this package.
 
     ExportError            a one-line reason the export or the query cannot go on
     ├── LakeLocked         another export is writing to the lake
