@@ -118,6 +118,8 @@ def two_replicas(root: Path) -> Scenario:
             json.dumps({k: v for k, v in decision("d8", T0, "v1", "E1", "A").items()
                         if k != "visitor_id"}),
             json.dumps({"kind": "telemetry", "uuid": "x1"}),
+            json.dumps({**conversion("c7", T0, "v1", PURCHASE, 1, 1.0),
+                        "timestamp": 10**19}),
         ]) + "\n",
     )  # fmt: skip
     return scenario
@@ -286,8 +288,9 @@ def test_a_second_run_adds_nothing_and_a_new_file_only_its_rows(tmp_path: Path) 
 
 
 def test_bad_lines_are_listed_and_the_good_ones_around_them_kept(tmp_path: Path) -> None:
-    """A truncated line, a line that is not JSON, a mistyped field, a missing one and an
-    unknown kind are rejected with file and line; other kinds are counted, not exported."""
+    """A truncated line, a line that is not JSON, a mistyped field, a missing one, an
+    unknown kind and a number too large for its column are rejected with file and line;
+    other kinds are counted, not exported."""
     two_replicas(tmp_path)
     report = run(tmp_path)
     assert report.rejects_report is not None
@@ -300,8 +303,9 @@ def test_bad_lines_are_listed_and_the_good_ones_around_them_kept(tmp_path: Path)
         (second, 6): "conversion: missing or mistyped revenue",
         (second, 7): "decision: missing or mistyped visitor_id",
         (second, 8): "unknown kind telemetry",
+        (second, 9): "conversion: missing or mistyped timestamp",
     } == reasons
-    assert (5, 1) == (report.rejected, report.not_exported)
+    assert (6, 1) == (report.rejected, report.not_exported)
 
 
 def test_a_day_is_complete_once_late_enough_and_no_open_file_can_hold_it(

@@ -48,7 +48,7 @@ def test_spark_writes_the_lake_duckdb_writes_and_answers_the_six_examples_alike(
                 engine=engine,
             )
         )  # fmt: skip
-        assert (5, 5, 2, 5) == (report.decisions, report.conversions, report.duplicates,
+        assert (5, 5, 2, 6) == (report.decisions, report.conversions, report.duplicates,
                                 report.rejected)  # fmt: skip
     for engine in ("duckdb", "spark"):
         lake = Lake(tmp_path / f"lake-{engine}", ACCOUNT)
