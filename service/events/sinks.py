@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import aiohttp
 import orjson
 
-from service.durable import sync_directory
+from service.durable import sync_directory, try_lock
 from service.events.records import Batch
 from service.logs import get_logger
 from service.redaction import public_url
@@ -194,17 +194,12 @@ def close_orphans(directory: Path) -> list[Path]:
     died): renamed to ``.jsonl``, a truncated last line and all. Returns the closed files."""
     closed = []
     for path in sorted(directory.glob(f"*.jsonl{OPEN_SUFFIX}")):
-        try:
-            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:  # closed by its writer meanwhile
+        descriptor = try_lock(path)
+        if descriptor is None:  # a live writer holds it, or closed it meanwhile
             continue
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # a live writer holds it
-            continue
-        else:
             target = path.with_name(path.name.removesuffix(OPEN_SUFFIX))
-            path.rename(target)
+            path.rename(target)  # under the lock: a sibling doing the same skips it
             closed.append(target)
         finally:
             os.close(descriptor)

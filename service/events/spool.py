@@ -24,14 +24,13 @@ they are replayed rather than forgotten.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import threading
 from pathlib import Path
 
 import orjson
 
-from service.durable import sync_directory
+from service.durable import Held, lock_file, sync_directory
 from service.events.records import Batch
 
 __all__ = ["WORKER_PREFIX", "Spool", "SpoolLock", "SpoolLocked", "adopt_spools"]
@@ -54,19 +53,13 @@ class SpoolLock:
     def acquire(self) -> None:
         """Take the lock, or raise ``SpoolLocked`` naming who has it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(descriptor, 32).decode(errors="replace").strip() or "unknown"
-            os.close(descriptor)
+            self._descriptor = lock_file(self.path)
+        except Held as held:
             raise SpoolLocked(
                 f"the spool directory {self.path.parent} is in use by another flagpost "
-                f"process (pid {holder}); give each process its own FLAGPOST_SPOOL_DIR"
+                f"process (pid {held.holder}); give each process its own FLAGPOST_SPOOL_DIR"
             ) from None
-        os.ftruncate(descriptor, 0)
-        os.write(descriptor, f"{os.getpid()}\n".encode())
-        self._descriptor = descriptor
 
     def release(self) -> None:
         if self._descriptor is not None:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import duckdb
 
 from service.export import ExportError
-from service.export.lake import literal
+from service.export.lake import Schema, literal
 
 __all__ = ["ENGINES", "DuckEngine", "Engine", "SparkEngine", "open_engine", "to_spark"]
 
@@ -29,7 +29,7 @@ class Engine(Protocol):
     def table(self, name: str, query: str) -> None:
         """Make ``query``'s rows the table ``name``."""
 
-    def parquet(self, name: str, files: list[Path], schema: str, columns: str = "*") -> None:
+    def parquet(self, name: str, files: list[Path], schema: Schema, columns: str = "*") -> None:
         """The table ``name``: ``columns`` of ``files`` (empty with ``schema`` when there
         are none)."""
 
@@ -68,7 +68,7 @@ class DuckEngine:
     def table(self, name: str, query: str) -> None:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {query}")
 
-    def parquet(self, name: str, files: list[Path], schema: str, columns: str = "*") -> None:
+    def parquet(self, name: str, files: list[Path], schema: Schema, columns: str = "*") -> None:
         if files:
             listed = ", ".join(literal(path) for path in files)
             self.con.execute(
@@ -76,7 +76,8 @@ class DuckEngine:
                 f"SELECT {columns} FROM read_parquet([{listed}], union_by_name = true)"
             )
         else:
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} ({schema})")
+            columns = ", ".join(f"{column} {kind}" for column, kind in schema)
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} ({columns})")
 
     def count(self, query: str) -> int:
         row = self.con.execute(f"SELECT count(*) FROM ({query})").fetchone()
@@ -129,13 +130,14 @@ class SparkEngine:
         frame = self.spark.sql(to_spark(query)).cache()
         frame.createOrReplaceTempView(name)
 
-    def parquet(self, name: str, files: list[Path], schema: str, columns: str = "*") -> None:
+    def parquet(self, name: str, files: list[Path], schema: Schema, columns: str = "*") -> None:
         if files:
             frame = self.spark.read.parquet(*(str(path) for path in files))
             if columns != "*":
                 frame = frame.select(*(column.strip() for column in columns.split(",")))
-        else:
-            frame = self.spark.createDataFrame([], to_spark_schema(schema))
+        else:  # Spark's names for the types from sqlglot too
+            nulls = ", ".join(f"CAST(NULL AS {kind}) AS {column}" for column, kind in schema)
+            frame = self.spark.sql(to_spark(f"SELECT {nulls} WHERE false"))
         frame.createOrReplaceTempView(name)
 
     def count(self, query: str) -> int:
@@ -156,11 +158,3 @@ class SparkEngine:
 
     def close(self) -> None:
         self.spark.catalog.clearCache()
-
-
-def to_spark_schema(schema: str) -> str:
-    """A DuckDB column list (``a VARCHAR, b BIGINT``) as Spark's DDL schema."""
-    return ", ".join(
-        f"{name} {'STRING' if kind == 'VARCHAR' else kind}"
-        for name, kind in (column.strip().split(" ", 1) for column in schema.split(","))
-    )

@@ -12,7 +12,6 @@ first and last 64 KiB), not its path: the directories may be mounted elsewhere n
 
 from __future__ import annotations
 
-import fcntl
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from pathlib import Path
 import orjson
 import xxhash
 
+from service.durable import try_lock
 from service.events.sinks import OPEN_SUFFIX
 from service.export import InputUnreadable
 
@@ -82,16 +82,11 @@ def _input(path: Path) -> InputFile:
 
 
 def _held(path: Path) -> bool:
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:  # closed meanwhile: the next run takes it
+    """A live writer holds it (or it was closed meanwhile: the next run takes it)."""
+    descriptor = try_lock(path)
+    if descriptor is None:
         return True
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(descriptor)
+    os.close(descriptor)
     return False
 
 

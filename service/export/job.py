@@ -30,7 +30,7 @@ from tqdm import tqdm
 from service.export import ExportError, LakeUnwritable, sql
 from service.export.engines import DuckEngine, Engine, open_engine
 from service.export.inputs import InputFile, Manifest, find_inputs
-from service.export.lake import Lake, Run, literal
+from service.export.lake import SCHEMAS, Lake, Run, Schema, literal, names
 
 __all__ = ["ExportOptions", "Report", "export"]
 
@@ -38,22 +38,13 @@ __all__ = ["ExportOptions", "Report", "export"]
 GROUP_BYTES = 64 * 1024**2
 DAY_MS = 86_400_000
 
-DECISION_COLUMNS = (
-    "uuid, timestamp, process_timestamp, visitor_id, session_id, account_id, campaign_id, "
-    "experiment_id, variation_id, attributes, user_ip, user_agent, referer, is_holdback, "
-    "revision, client_engine, client_version"
-)
-EVENT_COLUMNS = (
-    "uuid, timestamp, process_timestamp, visitor_id, session_id, account_id, experiments, "
-    "entity_id, attributes, user_ip, user_agent, referer, event_type, event_name, revenue, "
-    "value, quantity, tags, revision, client_engine, client_version"
-)
-_TAILS = "visitor_id VARCHAR, session_start BIGINT, last_timestamp BIGINT"
-_FIRSTS = (
-    "visitor_id VARCHAR, experiment_id VARCHAR, campaign_id VARCHAR, variation_id VARCHAR, "
-    "timestamp BIGINT, uuid VARCHAR"
-)
-_FIRSTS_COLUMNS = "visitor_id, experiment_id, campaign_id, variation_id, timestamp, uuid"
+_TAILS: Schema = (
+    ("visitor_id", "VARCHAR"), ("session_start", "BIGINT"), ("last_timestamp", "BIGINT"),
+)  # fmt: skip
+_FIRSTS: Schema = (
+    ("visitor_id", "VARCHAR"), ("experiment_id", "VARCHAR"), ("campaign_id", "VARCHAR"),
+    ("variation_id", "VARCHAR"), ("timestamp", "BIGINT"), ("uuid", "VARCHAR"),
+)  # fmt: skip
 #: What an account id may be: it names a directory of the lake and is written in every row.
 ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -168,8 +159,9 @@ def _run(
         if options.engine != "duckdb":
             engine = open_engine(options.engine, run.work)
         raw = run.work / "raw"
-        engine.parquet("raw_decisions", sorted(raw.glob("decisions-*.parquet")), "")
-        engine.parquet("raw_conversions", sorted(raw.glob("conversions-*.parquet")), "")
+        # Staging writes a file per group, empty or not: never none.
+        engine.parquet("raw_decisions", sorted(raw.glob("decisions-*.parquet")), ())
+        engine.parquet("raw_conversions", sorted(raw.glob("conversions-*.parquet")), ())
         dates = [
             row[0]
             for row in staging.con.execute(
@@ -178,7 +170,7 @@ def _run(
             ).fetchall()
         ]
         parts = [part for kind in ("decisions", "events") for part in lake.parts(kind, dates)]
-        engine.parquet("lake_uuids", parts, "uuid VARCHAR", columns="uuid")
+        engine.parquet("lake_uuids", parts, (("uuid", "VARCHAR"),), columns="uuid")
         engine.table("new_decisions", sql.DEDUPLICATED.format(raw="raw_decisions"))
         engine.table("new_conversions", sql.DEDUPLICATED.format(raw="raw_conversions"))
         state_files = [lake.state / "tails.parquet", lake.state / "firsts.parquet"]
@@ -203,7 +195,7 @@ def _run(
         # First decisions older than the retention go with their partitions.
         kept_from = int((options.now - timedelta(days=options.retention_days)).timestamp() * 1000)
         engine.write_file(
-            f"SELECT {_FIRSTS_COLUMNS} FROM merged_firsts WHERE timestamp >= {kept_from}",
+            f"SELECT {names(_FIRSTS)} FROM merged_firsts WHERE timestamp >= {kept_from}",
             state / "firsts.parquet",
         )
     finally:
@@ -338,12 +330,12 @@ def _write_parts(engine: Engine, lake: Lake, run: Run, account: str) -> None:
     account_column = f"'{account}' AS account_id"  # checked: letters, digits, _ . -
     date = "strftime(epoch_ms(n.timestamp), '%Y-%m-%d') AS date"
     decisions = f"""
-        SELECT {_prefixed(DECISION_COLUMNS, session, account_column)}, {date},
+        SELECT {_prefixed(SCHEMAS["decisions"], session, account_column)}, {date},
                n.experiment_id AS experiment
         FROM new_decisions n JOIN sessions s ON s.uuid = n.uuid
     """
     events = f"""
-        SELECT {_prefixed(EVENT_COLUMNS, session, account_column)}, {date},
+        SELECT {_prefixed(SCHEMAS["events"], session, account_column)}, {date},
                n.event_name AS event
         FROM new_conversions n JOIN sessions s ON s.uuid = n.uuid
         JOIN ({sql.ATTRIBUTED}) a ON a.uuid = n.uuid
@@ -354,9 +346,9 @@ def _write_parts(engine: Engine, lake: Lake, run: Run, account: str) -> None:
         engine.write_partitioned(query, target, ("date", partition))
 
 
-def _prefixed(columns: str, session: str, account: str) -> str:
+def _prefixed(schema: Schema, session: str, account: str) -> str:
     chosen = []
-    for column in (name.strip() for name in columns.split(",")):
+    for column, _ in schema:
         if column == "session_id":
             chosen.append(session)
         elif column == "account_id":

@@ -15,7 +15,6 @@ either finished (committed) or thrown away (not) by the next export.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 from collections.abc import Iterator
@@ -23,12 +22,47 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.durable import sync_directory
+from service.durable import Held, lock_file, sync_directory
 from service.export import LakeLocked, LakeUnwritable
 
-__all__ = ["KINDS", "Lake", "Run", "literal"]
+__all__ = ["KINDS", "SCHEMAS", "Lake", "Run", "Schema", "literal", "names"]
 
 KINDS = {"decisions": "experiment", "events": "event"}
+
+#: Columns and their types (DuckDB's names for them), in order.
+Schema = tuple[tuple[str, str], ...]
+_ATTRIBUTES = "STRUCT(id VARCHAR, name VARCHAR, type VARCHAR, value VARCHAR)[]"
+_EXPERIMENTS = (
+    "STRUCT(campaign_id VARCHAR, experiment_id VARCHAR, variation_id VARCHAR, "
+    "is_holdback BOOLEAN)[]"
+)
+#: The specification's schema tables: the lake's two kinds of rows.
+SCHEMAS: dict[str, Schema] = {
+    "decisions": (
+        ("uuid", "VARCHAR"), ("timestamp", "BIGINT"), ("process_timestamp", "BIGINT"),
+        ("visitor_id", "VARCHAR"), ("session_id", "VARCHAR"), ("account_id", "VARCHAR"),
+        ("campaign_id", "VARCHAR"), ("experiment_id", "VARCHAR"), ("variation_id", "VARCHAR"),
+        ("attributes", _ATTRIBUTES), ("user_ip", "VARCHAR"), ("user_agent", "VARCHAR"),
+        ("referer", "VARCHAR"), ("is_holdback", "BOOLEAN"), ("revision", "VARCHAR"),
+        ("client_engine", "VARCHAR"), ("client_version", "VARCHAR"),
+    ),
+    "events": (
+        ("uuid", "VARCHAR"), ("timestamp", "BIGINT"), ("process_timestamp", "BIGINT"),
+        ("visitor_id", "VARCHAR"), ("session_id", "VARCHAR"), ("account_id", "VARCHAR"),
+        ("experiments", _EXPERIMENTS), ("entity_id", "VARCHAR"), ("attributes", _ATTRIBUTES),
+        ("user_ip", "VARCHAR"), ("user_agent", "VARCHAR"), ("referer", "VARCHAR"),
+        ("event_type", "VARCHAR"), ("event_name", "VARCHAR"), ("revenue", "BIGINT"),
+        ("value", "DOUBLE"), ("quantity", "BIGINT"), ("tags", "MAP(VARCHAR, VARCHAR)"),
+        ("revision", "VARCHAR"), ("client_engine", "VARCHAR"), ("client_version", "VARCHAR"),
+    ),
+}  # fmt: skip
+
+
+def names(schema: Schema) -> str:
+    """The column names of ``schema``, as a select list."""
+    return ", ".join(name for name, _ in schema)
+
+
 _COMMITTED = "COMMITTED"
 
 
@@ -77,19 +111,14 @@ class Lake:
         """Hold the lake's lock for the block, or raise ``LakeLocked`` at once."""
         try:
             self.own.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(self.own / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            descriptor = lock_file(self.own / "lock")
+        except Held as held:
+            raise LakeLocked(
+                f"{self.root}: another export is writing to this lake (process {held.holder})"
+            ) from None
         except OSError as error:
             raise LakeUnwritable(f"{self.root}: cannot be written: {error.strerror}") from None
         try:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(descriptor, 32).decode(errors="replace").strip() or "unknown"
-                raise LakeLocked(
-                    f"{self.root}: another export is writing to this lake (process {holder})"
-                ) from None
-            os.ftruncate(descriptor, 0)
-            os.write(descriptor, str(os.getpid()).encode())
             yield
         finally:
             os.close(descriptor)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +17,12 @@ import duckdb
 import orjson
 
 from service.export import ExportError
-from service.export.job import DECISION_COLUMNS, EVENT_COLUMNS
-from service.export.lake import Lake, literal
+from service.export.engines import DuckEngine, Engine, SparkEngine, to_spark
+from service.export.lake import SCHEMAS, Lake, names
 
 __all__ = ["FORMATS", "account_of", "connect", "run_query", "spark_answer"]
 
 FORMATS = ("table", "csv", "json")
-_EMPTY = {
-    "decisions": (
-        "uuid VARCHAR, timestamp BIGINT, process_timestamp BIGINT, visitor_id VARCHAR, "
-        "session_id VARCHAR, account_id VARCHAR, campaign_id VARCHAR, experiment_id VARCHAR, "
-        "variation_id VARCHAR, attributes STRUCT(id VARCHAR, name VARCHAR, type VARCHAR, "
-        "value VARCHAR)[], user_ip VARCHAR, user_agent VARCHAR, referer VARCHAR, "
-        "is_holdback BOOLEAN, revision VARCHAR, client_engine VARCHAR, client_version VARCHAR"
-    ),
-    "events": (
-        "uuid VARCHAR, timestamp BIGINT, process_timestamp BIGINT, visitor_id VARCHAR, "
-        "session_id VARCHAR, account_id VARCHAR, experiments STRUCT(campaign_id VARCHAR, "
-        "experiment_id VARCHAR, variation_id VARCHAR, is_holdback BOOLEAN)[], "
-        "entity_id VARCHAR, attributes STRUCT(id VARCHAR, name VARCHAR, type VARCHAR, "
-        "value VARCHAR)[], user_ip VARCHAR, user_agent VARCHAR, referer VARCHAR, "
-        "event_type VARCHAR, event_name VARCHAR, revenue BIGINT, value DOUBLE, "
-        "quantity BIGINT, tags MAP(VARCHAR, VARCHAR), revision VARCHAR, "
-        "client_engine VARCHAR, client_version VARCHAR"
-    ),
-}
 
 
 def account_of(root: Path, account_id: str | None) -> str:
@@ -57,21 +39,19 @@ def account_of(root: Path, account_id: str | None) -> str:
 
 
 def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the views ``decisions`` and ``events`` over ``lake``."""
+    """An in-memory DuckDB with the tables ``decisions`` and ``events`` over ``lake``."""
     if not lake.root.is_dir():
         raise ExportError(f"{lake.root}: no lake there")
     con = duckdb.connect()
-    for table, columns in (("decisions", DECISION_COLUMNS), ("events", EVENT_COLUMNS)):
-        parts = [str(part) for part in lake.parts(table)]
-        if parts:
-            files = "[" + ", ".join(literal(part) for part in parts) + "]"
-            con.execute(
-                f"CREATE VIEW {table} AS SELECT {columns} "
-                f"FROM read_parquet({files}, hive_partitioning = false)"
-            )
-        else:
-            con.execute(f"CREATE TABLE {table} ({_EMPTY[table]})")
+    define_tables(DuckEngine(lake.root, connection=con), lake)
     return con
+
+
+def define_tables(engine: Engine, lake: Lake) -> None:
+    """``decisions`` and ``events`` over ``lake``'s parts, the specification's columns only."""
+    for table, schema in SCHEMAS.items():
+        parts = lake.parts(table)
+        engine.parquet(table, parts, schema, columns=names(schema) if parts else "*")
 
 
 def run_query(con: duckdb.DuckDBPyConnection, text: str, format: str) -> str:
@@ -103,18 +83,12 @@ def _plain(value: Any) -> Any:
 def spark_answer(lake: Lake, text: str, format: str) -> str:
     """``text`` (DuckDB's dialect, which takes the specification's Presto-style SQL) run on
     Spark, translated by sqlglot, over the same tables; answered as ``run_query`` does."""
-    import tempfile  # noqa: PLC0415
-
-    from service.export.engines import SparkEngine  # noqa: PLC0415
-
     with tempfile.TemporaryDirectory(prefix="flagpost-query-") as scratch:
         engine = SparkEngine(Path(scratch))
         try:
-            for table, columns in (("decisions", DECISION_COLUMNS), ("events", EVENT_COLUMNS)):
-                parts = lake.parts(table)
-                engine.parquet(table, parts, _EMPTY[table], columns=columns if parts else "*")
+            define_tables(engine, lake)
             try:
-                frame = engine.spark.sql(engine_sql(text)).toPandas()
+                frame = engine.spark.sql(to_spark(text)).toPandas()
             except Exception as error:  # Spark's errors have no common base worth naming
                 reason = str(error).splitlines()[0]
                 raise ExportError(f"the query failed on Spark: {reason}") from None
@@ -126,9 +100,3 @@ def spark_answer(lake: Lake, text: str, format: str) -> str:
         return run_query(con, "SELECT * FROM answer", format)
     finally:
         con.close()
-
-
-def engine_sql(text: str) -> str:
-    from service.export.engines import to_spark  # noqa: PLC0415
-
-    return to_spark(text)

@@ -8,11 +8,10 @@ stays that of the workers.
 
 from __future__ import annotations
 
-import fcntl
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.durable import Held, lock_file
 from service.events.spool import WORKER_PREFIX
 
 __all__ = ["WorkerSlot", "claim_slot"]
@@ -33,11 +32,9 @@ def claim_slot(spool_root: Path) -> WorkerSlot:
     number = 0
     while True:
         path = spool_root / f"{WORKER_PREFIX}{number}.claim"
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(descriptor)
+            descriptor = lock_file(path)
+        except Held:
             number += 1
             continue
         return WorkerSlot(number, spool_root / f"{WORKER_PREFIX}{number}", descriptor)
