@@ -9,6 +9,7 @@ on the application per request costs more than a decision does.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -209,17 +210,7 @@ class Serving:
                     *constant_exposures(snapshot, environment, query.active_only),
                     *decisions.values(),
                 )
-                if self.recorder is not None:
-                    self.recorder.expose_all(
-                        query.visitor_code,
-                        exposed,
-                        query.context,
-                        request.headers.get(USER_AGENT),
-                        request.headers.get(REFERER),
-                        ruleset.revision,
-                    )
-                if self.recent is not None:
-                    self.recent.note(query.visitor_code, exposed)
+                self._expose_all(request, query, exposed, ruleset.revision)
             parts = members(snapshot, decisions)
             if constant:  # not first or last: those get the head and tail (_decide_response)
                 parts.insert(1, constant)
@@ -234,15 +225,27 @@ class Serving:
         if query.active_only:
             decisions = {key: d for key, d in decisions.items() if d.active}
         self.metrics.count_decisions(decisions.values())
-        if query.track and self.recorder is not None:
+        if query.track:
+            self._expose_all(request, query, decisions.values(), ruleset.revision)
+        return decide_body(query, ruleset.revision, members(snapshot, decisions), errors)
+
+    def _expose_all(
+        self,
+        request: web.BaseRequest,
+        query: DecisionQuery,
+        decisions: Collection[rules.Decision],
+        revision: str,
+    ) -> None:
+        """Record a tracked request's exposures, and note its experiments for the tracking
+        code."""
+        if self.recorder is not None:
             self.recorder.expose_all(
                 query.visitor_code,
-                decisions.values(),
+                decisions,
                 query.context,
                 request.headers.get(USER_AGENT),
                 request.headers.get(REFERER),
-                ruleset.revision,
+                revision,
             )
-        if query.track and self.recent is not None:
-            self.recent.note(query.visitor_code, decisions.values())
-        return decide_body(query, ruleset.revision, members(snapshot, decisions), errors)
+        if self.recent is not None:
+            self.recent.note(query.visitor_code, decisions)
