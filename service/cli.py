@@ -184,10 +184,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run_workers(settings: Settings) -> None:
-    try:
-        from service.workers.arbiter import run_workers  # noqa: PLC0415  # gunicorn: only here
-    except ImportError as missing:  # pragma: no cover - gunicorn is a dependency
-        raise _Failure(f"--workers needs gunicorn: {missing}", EXIT_USAGE) from None
+    # Imported here: one process never loads gunicorn.
+    from service.workers.arbiter import run_workers  # noqa: PLC0415
+
     run_workers(settings)
 
 
