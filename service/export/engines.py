@@ -29,6 +29,9 @@ class Engine(Protocol):
     def table(self, name: str, query: str) -> None:
         """Make ``query``'s rows the table ``name``."""
 
+    def view(self, name: str, query: str) -> None:
+        """Make ``query`` the view ``name`` (computed where it is read)."""
+
     def parquet(self, name: str, files: list[Path], schema: Schema, columns: str = "*") -> None:
         """The table ``name``: ``columns`` of ``files`` (empty with ``schema`` when there
         are none)."""
@@ -67,6 +70,9 @@ class DuckEngine:
 
     def table(self, name: str, query: str) -> None:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {query}")
+
+    def view(self, name: str, query: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {query}")
 
     def parquet(self, name: str, files: list[Path], schema: Schema, columns: str = "*") -> None:
         if files:
@@ -129,6 +135,9 @@ class SparkEngine:
     def table(self, name: str, query: str) -> None:
         frame = self.spark.sql(to_spark(query)).cache()
         frame.createOrReplaceTempView(name)
+
+    def view(self, name: str, query: str) -> None:
+        self.spark.sql(to_spark(query)).createOrReplaceTempView(name)
 
     def parquet(self, name: str, files: list[Path], schema: Schema, columns: str = "*") -> None:
         if files:

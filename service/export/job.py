@@ -1,8 +1,9 @@
 """One export run on DuckDB: new input files in, new parts, state and a rejects report out.
 
 1. Stage: the new files, a group of up to ``GROUP_BYTES`` at a time, are read as lines,
-   checked (``sql.CHECKED``) and typed; good rows go to Parquet files in the run's scratch
-   directory, the reasons of bad ones to the rejects report. Never the whole log in memory.
+   checked and typed (``sql.staged``) into Parquet files in the run's scratch directory;
+   the lines rejected, with their numbers and reasons, go to the rejects report. DuckDB
+   streams each group: never the whole log in memory.
 2. Enrich over all the staged rows: drop uuids seen before (in this run or in the lake's
    partitions of the same dates: a duplicate is the same record, so it has the same date),
    sessions, attribution (``sql``).
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +24,6 @@ from typing import Any
 import duckdb
 import orjson
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 from tqdm import tqdm
 
 from service.export import ExportError, LakeUnwritable, sql
@@ -34,8 +33,8 @@ from service.export.lake import SCHEMAS, Lake, Run, Schema, literal, names
 
 __all__ = ["ExportOptions", "Report", "export"]
 
-#: Bytes of input read in one group (its lines are held in memory while checked).
-GROUP_BYTES = 64 * 1024**2
+#: Bytes of input staged by one query (DuckDB streams them; a group is a step of progress).
+GROUP_BYTES = 256 * 1024**2
 DAY_MS = 86_400_000
 
 _TAILS: Schema = (
@@ -158,15 +157,16 @@ def _run(
         counts, rejected = _stage(staging.con, run, new, options.progress)
         if options.engine != "duckdb":
             engine = open_engine(options.engine, run.work)
-        raw = run.work / "raw"
-        # Staging writes a file per group, empty or not: never none.
-        engine.parquet("raw_decisions", sorted(raw.glob("decisions-*.parquet")), ())
-        engine.parquet("raw_conversions", sorted(raw.glob("conversions-*.parquet")), ())
+        staged = sorted((run.work / "raw").glob("staged-*.parquet"))  # one per group, never none
+        engine.parquet("staged", staged, ())
+        engine.view("raw_decisions", sql.DECISION_ROWS)
+        engine.view("raw_conversions", sql.CONVERSION_ROWS)
         dates = [
             row[0]
             for row in staging.con.execute(
-                "SELECT DISTINCT strftime(epoch_ms(timestamp), '%Y-%m-%d') FROM read_parquet(?)",
-                [[str(path) for path in sorted(raw.glob("*.parquet"))]],
+                "SELECT DISTINCT strftime(epoch_ms(timestamp), '%Y-%m-%d') FROM read_parquet(?) "
+                "WHERE reason IS NULL AND kind IN ('decision', 'conversion')",
+                [[str(path) for path in staged]],
             ).fetchall()
         ]
         parts = [part for kind in ("decisions", "events") for part in lake.parts(kind, dates)]
@@ -218,88 +218,133 @@ def _run(
 def _stage(
     con: duckdb.DuckDBPyConnection, run: Run, new: list[InputFile], progress: bool
 ) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Check and type the lines of ``new``, a group at a time, into ``raw/staged-<n>``
+    Parquet files; the counts, and the rejected lines with their file, number and reason."""
     raw = run.work / "raw"
     raw.mkdir()
     counts = {"lines": 0, "not_exported": 0}
     rejected: list[dict[str, Any]] = []
-    groups = _groups(new)
     bar = tqdm(
         total=sum(file.size for file in new), unit="B", unit_scale=True, desc="reading",
         disable=not progress, file=sys.stderr,
     )  # fmt: skip
     with bar:
-        for number, group in enumerate(groups):
-            lines, unreadable = read_lines(group)
-            con.register("lines", lines)
-            rejected += unreadable
-            con.execute(sql.CHECKED)
-            for kind, rows in (("decisions", sql.DECISION_ROWS),
-                               ("conversions", sql.CONVERSION_ROWS)):  # fmt: skip
-                con.execute(f"COPY ({rows}) TO {literal(raw / f'{kind}-{number}.parquet')}")
-            counts["lines"] += _one(con, "SELECT count(*) FROM checked")
-            counts["not_exported"] += _one(
-                con,
-                "SELECT count(*) FROM checked WHERE reason IS NULL "
-                "AND kind NOT IN ('decision', 'conversion')",
-            )
-            for file, line, reason in con.execute(
-                "SELECT file, line_no, reason FROM checked WHERE reason IS NOT NULL "
-                "ORDER BY file, line_no"
-            ).fetchall():
-                rejected.append({"file": file, "line": line, "reason": reason})
+        for number, group in enumerate(_groups(new)):
+            targets, unsplit = _stage_group(con, group, raw / f"staged-{number}")
+            rejected += unsplit
+            counts["lines"] += len(unsplit)
+            for target in targets:
+                lines_read, others, failed = _summary(con, target)
+                counts["lines"] += lines_read
+                counts["not_exported"] += others
+                rejected += _numbered_rejects(con, target)
+                rejected += _rejected(con, [file for file in group if str(file.path) in failed])
             bar.update(sum(file.size for file in group))
     return counts, rejected
 
 
+def _stage_group(
+    con: duckdb.DuckDBPyConnection, group: list[InputFile], stem: Path
+) -> tuple[list[Path], list[dict[str, Any]]]:
+    """Stage ``group`` as one Parquet file read by DuckDB's reader, or, if that reader cannot
+    split a file of it into lines (bytes that are not UTF-8, a stray separator), each file
+    alone, by pyarrow's reader where DuckDB's fails: the files written, and the lines that
+    neither can split off (rejected)."""
+    target = stem.with_suffix(".parquet")
+    try:
+        _copy(con, sql.staged(_csv_lines(group)), target)
+        return [target], []
+    except duckdb.Error:
+        target.unlink(missing_ok=True)
+        if len(group) > 1:
+            targets: list[Path] = []
+            unsplit: list[dict[str, Any]] = []
+            for k, file in enumerate(group):
+                written, lost = _stage_group(con, [file], stem.with_name(f"{stem.name}-{k}"))
+                targets += written
+                unsplit += lost
+            return targets, unsplit
+    lines, unsplit = read_lines(group)
+    con.register("lines", lines)
+    _copy(con, sql.staged("lines"), target)
+    con.unregister("lines")
+    return [target], unsplit
+
+
+def _summary(con: duckdb.DuckDBPyConnection, target: Path) -> tuple[int, int, list[str]]:
+    """A staged file's lines, those of other kinds, and the files with rejected lines whose
+    numbers are not known yet."""
+    row = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE reason IS NULL AND kind NOT IN "
+        "('decision', 'conversion')), coalesce(list(DISTINCT file) FILTER (WHERE reason "
+        f"IS NOT NULL AND line_no IS NULL), []) FROM read_parquet({literal(target)})"
+    ).fetchone()
+    assert row is not None  # an aggregate's one row
+    return int(row[0]), int(row[1]), list(row[2])
+
+
+def _copy(con: duckdb.DuckDBPyConnection, query: str, target: Path) -> None:
+    con.execute(f"COPY ({query}) TO {literal(target)} (FORMAT parquet)")
+
+
+def _csv_lines(files: list[InputFile]) -> str:
+    """The lines of ``files`` as DuckDB's CSV reader splits them (in parallel, and fast),
+    with a separator JSON text never holds raw: without their numbers."""
+    listed = ", ".join(literal(file.path) for file in files)
+    return (
+        f"(SELECT filename AS file, NULL::BIGINT AS line_no, line FROM read_csv([{listed}], "
+        "columns = {'line': 'VARCHAR'}, delim = '\x1f', quote = '', escape = '', "
+        "header = false, auto_detect = false, filename = true))"
+    )
+
+
+def _numbered_rejects(con: duckdb.DuckDBPyConnection, target: Path) -> list[dict[str, Any]]:
+    rows = con.execute(
+        f"SELECT file, line_no, reason FROM read_parquet({literal(target)}) "
+        "WHERE reason IS NOT NULL AND line_no IS NOT NULL"
+    ).fetchall()
+    return [{"file": file, "line": line, "reason": reason} for file, line, reason in rows]
+
+
+def _rejected(con: duckdb.DuckDBPyConnection, files: list[InputFile]) -> list[dict[str, Any]]:
+    """The rejected lines of ``files`` with their numbers and reasons: the files with any
+    are read again by the reader that numbers lines, and checked by the same query."""
+    if not files:
+        return []
+    lines, _ = read_lines(files)  # the lines it cannot split off were staged so: listed then
+    con.register("lines", lines)
+    rows = con.execute(
+        f"SELECT file, line_no, reason FROM ({sql.staged('lines')}) WHERE reason IS NOT NULL"
+    ).fetchall()
+    con.unregister("lines")
+    return [{"file": file, "line": line, "reason": reason}
+                         for file, line, reason in rows]  # fmt: skip
+
+
 def read_lines(files: list[InputFile]) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """The lines of ``files`` as a table (file, line_no, line), read by pyarrow's CSV reader
-    with a separator JSON text never holds raw; a line that holds one anyway is not JSON,
-    and is returned as rejected (with its number: each file is read on one thread, so the
-    reader knows it)."""
-    with ThreadPoolExecutor(2) as pool:
-        read = list(pool.map(_read_file, files))
-    tables = [table for table, _ in read if table.num_rows]
-    rejected = [row for _, rows in read for row in rows]
-    if not tables:
-        return pa.table({"file": [], "line_no": [], "line": []}, schema=_LINES), rejected
-    return pa.concat_tables(tables), rejected
+    """The lines of ``files`` as a table (file, line_no, line), numbered; a line that is not
+    UTF-8 text is returned as rejected instead. The reader of files DuckDB's reader cannot
+    split, or whose rejected lines need their numbers: slower, and never the first choice."""
+    names: list[str] = []
+    numbers: list[int] = []
+    texts: list[str] = []
+    rejected: list[dict[str, Any]] = []
+    for file in files:
+        name = str(file.path)
+        with file.path.open("rb") as lines:
+            for number, raw in enumerate(lines, start=1):
+                try:
+                    text = raw.rstrip(b"\r\n").decode()
+                except UnicodeDecodeError:
+                    rejected.append({"file": name, "line": number, "reason": "not UTF-8 text"})
+                    continue
+                names.append(name)
+                numbers.append(number)
+                texts.append(text)
+    return pa.table({"file": names, "line_no": numbers, "line": texts}, schema=_LINES), rejected
 
 
 _LINES = pa.schema([("file", pa.string()), ("line_no", pa.int64()), ("line", pa.string())])
-
-
-def _read_file(file: InputFile) -> tuple[pa.Table, list[dict[str, Any]]]:
-    if file.size == 0:
-        return _LINES.empty_table(), []
-    skipped: list[int] = []
-
-    def skip(row: Any) -> str:
-        skipped.append(row.number)
-        return "skip"
-
-    table = pa_csv.read_csv(
-        file.path,
-        read_options=pa_csv.ReadOptions(column_names=["line"], use_threads=False),
-        parse_options=pa_csv.ParseOptions(
-            delimiter="\x1f", quote_char=False, escape_char=False, newlines_in_values=False,
-            ignore_empty_lines=False, invalid_row_handler=skip,
-        ),
-        convert_options=pa_csv.ConvertOptions(
-            column_types={"line": pa.string()}, strings_can_be_null=False
-        ),
-    )  # fmt: skip
-    numbers = pa.array(range(1, table.num_rows + len(skipped) + 1), pa.int64())
-    if skipped:
-        keep = pa.array([n not in set(skipped) for n in range(1, len(numbers) + 1)])
-        numbers = numbers.filter(keep)
-    name = str(file.path)
-    lines = pa.table(
-        {"file": pa.array([name] * table.num_rows, pa.string()), "line_no": numbers,
-         "line": table.column("line")},
-        schema=_LINES,
-    )  # fmt: skip
-    reason = "not JSON (a truncated line, say)"
-    return lines, [{"file": name, "line": number, "reason": reason} for number in skipped]
 
 
 def _groups(files: list[InputFile]) -> list[list[InputFile]]:

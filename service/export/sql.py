@@ -6,7 +6,7 @@ and runs on the engine chosen (``service.export.engines``): as it is on DuckDB, 
 by sqlglot on Spark. Names in braces (``{gap}``) are filled in with numbers the caller
 checked, never with text from the input. Tables the enrichment expects:
 
-- ``lines(file, line_no, line)``: the raw lines of the new input files;
+- ``staged``: the new input files' lines, checked and typed (``staged``);
 - ``lake_uuids(uuid)``: the uuids already in the lake on the dates the new rows fall on;
 - ``tails(visitor_id, session_start, last_timestamp)``: each visitor's latest session;
 - ``firsts(visitor_id, campaign_id, experiment_id, variation_id, timestamp, uuid)``: each
@@ -15,184 +15,167 @@ checked, never with text from the input. Tables the enrichment expects:
 
 from __future__ import annotations
 
+import json
+
 __all__ = [
     "ATTRIBUTED",
-    "CHECKED",
     "CONVERSION_ROWS",
     "DECISION_ROWS",
     "DEDUPLICATED",
     "FIRSTS",
     "SESSIONS",
     "TAILS",
+    "staged",
 ]
 
-_ATTRIBUTES = '\'[{"id":"VARCHAR","name":"VARCHAR","type":"VARCHAR","value":"VARCHAR"}]\''
-_TAGS = "'\"MAP(VARCHAR, VARCHAR)\"'"
-_TEXT = "('VARCHAR')"
-_INTEGER = "('UBIGINT', 'BIGINT')"
-_NUMBER = "('UBIGINT', 'BIGINT', 'DOUBLE')"
-#: Every field the export reads, extracted from a line in one parse (``v[i]``, 1-based).
-FIELDS = (
-    "kind", "uuid", "timestamp", "process_timestamp", "visitor_id", "user_ip", "user_agent",
-    "referer", "revision", "client_engine", "client_version", "attributes", "campaign_id",
-    "experiment_id", "variation_id", "is_holdback", "entity_id", "event_name", "event_type",
-    "revenue", "value", "quantity", "tags",
-)  # fmt: skip
+#: Every field the export reads, with the type it is read as (``json_transform``'s shape).
+FIELDS: dict[str, object] = {
+    "kind": "VARCHAR", "uuid": "VARCHAR", "timestamp": "BIGINT", "process_timestamp": "BIGINT",
+    "visitor_id": "VARCHAR", "user_ip": "VARCHAR", "user_agent": "VARCHAR",
+    "referer": "VARCHAR", "revision": "VARCHAR", "client_engine": "VARCHAR",
+    "client_version": "VARCHAR",
+    "attributes": [{"id": "VARCHAR", "name": "VARCHAR", "type": "VARCHAR", "value": "VARCHAR"}],
+    "campaign_id": "VARCHAR", "experiment_id": "VARCHAR", "variation_id": "VARCHAR",
+    "is_holdback": "BOOLEAN", "entity_id": "VARCHAR", "event_name": "VARCHAR",
+    "event_type": "VARCHAR", "revenue": "BIGINT", "value": "DOUBLE", "quantity": "BIGINT",
+    "tags": "MAP(VARCHAR, VARCHAR)",
+}  # fmt: skip
+_SHAPE = json.dumps(FIELDS, separators=(",", ":"))
 _PATHS = "[" + ", ".join(f"'$.{name}'" for name in FIELDS) + "]"
 
+# The JSON types (``json_type``'s names) a field's value may have. ``json_transform`` alone
+# would convert what it can (a number into text, "7" into 7), so each field's type is
+# checked on ``json_type`` (the same parse for every field), and the value converted only
+# when it has the right type; an integer beyond a BIGINT converts to NULL, which is refused.
+_TEXT = ("VARCHAR",)
+_INTEGER = ("UBIGINT", "BIGINT")
+_NUMBER = ("UBIGINT", "BIGINT", "DOUBLE")
 
-def _field(name: str) -> str:
-    return f"v[{FIELDS.index(name) + 1}]"
+
+def _type(name: str) -> str:
+    return f"t[{list(FIELDS).index(name) + 1}]"
 
 
-#: What a JSON value's text looks like, by the JSON types a field may have: checked on the
-#: text ``json_extract`` gives (valid JSON already), cheaper than parsing it again.
-_SHAPES = {
-    _TEXT: "starts_with({value}, '\"')",
-    # At most 18 digits: every such number fits a BIGINT, so a longer one is refused here
-    # rather than failing the cast (and the run) later.
-    _INTEGER: "regexp_full_match({value}, '-?[0-9]{{1,18}}')",
-    _NUMBER: "regexp_full_match({value}, '-?[0-9]+([.][0-9]+)?([eE][-+]?[0-9]+)?')",
-    "('BOOLEAN')": "{value} IN ('true', 'false')",
+def _required(name: str, types: tuple[str, ...]) -> str:
+    listed = ", ".join(f"'{kind}'" for kind in types)
+    return f"coalesce({_type(name)} IN ({listed}) AND r.{name} IS NOT NULL, false)"
+
+
+def _optional(name: str, types: tuple[str, ...]) -> str:
+    return f"({_type(name)} IS NULL OR {_type(name)} = 'NULL' OR {_required(name, types)})"
+
+
+#: An attribute has an id and a name (its type and value may be null).
+_ATTRIBUTES_OK = (
+    f"({_optional('attributes', ('ARRAY',))} AND coalesce(list_bool_and(list_transform("
+    "r.attributes, lambda a: a.id IS NOT NULL AND a.name IS NOT NULL)), true))"
+)
+_COMMON = {
+    "uuid": _required("uuid", _TEXT),
+    "timestamp": _required("timestamp", _INTEGER),
+    "process_timestamp": _required("process_timestamp", _INTEGER),
+    "visitor_id": _required("visitor_id", _TEXT),
+    **{name: _optional(name, _TEXT) for name in (
+        "user_ip", "user_agent", "referer", "revision", "client_engine", "client_version")},
+    "attributes": _ATTRIBUTES_OK,
+}  # fmt: skip
+_DECISION = {
+    **_COMMON,
+    "campaign_id": _required("campaign_id", _TEXT),
+    "experiment_id": _required("experiment_id", _TEXT),
+    "variation_id": _required("variation_id", _TEXT),
+    "is_holdback": _optional("is_holdback", ("BOOLEAN",)),
+}
+_CONVERSION = {
+    **_COMMON,
+    "entity_id": _required("entity_id", _TEXT),
+    "event_name": _required("event_name", _TEXT),
+    "event_type": _optional("event_type", _TEXT),
+    "revenue": _optional("revenue", _INTEGER),
+    "value": _optional("value", _NUMBER),
+    "quantity": _optional("quantity", _INTEGER),
+    "tags": _optional("tags", ("OBJECT",)),
 }
 
 
-def _is(name: str, types: str) -> str:
-    return _SHAPES[types].format(value=_field(name))
+def _all(checks: dict[str, str]) -> str:
+    return " AND ".join(checks.values())
 
 
-def _required(name: str, types: str) -> str:
-    return f"CASE WHEN NOT coalesce({_is(name, types)}, false) THEN '{name}' END"
-
-
-def _optional(name: str, types: str) -> str:
-    value = _field(name)
-    return f"CASE WHEN {value} <> 'null' AND NOT {_is(name, types)} THEN '{name}' END"
-
-
-def _structured(name: str, shape: str) -> str:
-    value = _field(name)
-    return (
-        f"CASE WHEN {value} <> 'null' "
-        f"AND try(json_transform_strict({value}, {shape})) IS NULL THEN '{name}' END"
-    )
-
-
-_COMMON = [
-    _required("uuid", _TEXT),
-    _required("timestamp", _INTEGER),
-    _required("process_timestamp", _INTEGER),
-    _required("visitor_id", _TEXT),
-    _optional("user_ip", _TEXT),
-    _optional("user_agent", _TEXT),
-    _optional("referer", _TEXT),
-    _optional("revision", _TEXT),
-    _optional("client_engine", _TEXT),
-    _optional("client_version", _TEXT),
-    _structured("attributes", _ATTRIBUTES),
-]
-_DECISION = [
-    *_COMMON,
-    _required("campaign_id", _TEXT),
-    _required("experiment_id", _TEXT),
-    _required("variation_id", _TEXT),
-    _optional("is_holdback", "('BOOLEAN')"),
-]
-_CONVERSION = [
-    *_COMMON,
-    _required("entity_id", _TEXT),
-    _required("event_name", _TEXT),
-    _optional("event_type", _TEXT),
-    _optional("revenue", _INTEGER),
-    _optional("value", _NUMBER),
-    _optional("quantity", _INTEGER),
-    _structured("tags", _TAGS),
-]
-
-
-def _problems(checks: list[str]) -> str:
-    listed = ", ".join(checks)
+def _problems(checks: dict[str, str]) -> str:
+    """The names of the fields that fail their checks, listed (only for a line that fails:
+    CASE evaluates a branch for the rows that take it)."""
+    listed = ", ".join(f"CASE WHEN NOT {check} THEN '{name}' END" for name, check in checks.items())
     return f"array_to_string(list_filter([{listed}], lambda x: x IS NOT NULL), ', ')"
 
 
-#: Each line's fields (``v``, from one parse), its kind and, if it cannot be exported, why
-#: (``reason``). Kinds the lake does not hold (``odp``, ``visitor_data``) are let through as
-#: such, to be counted.
-CHECKED = f"""
-CREATE OR REPLACE TEMP TABLE checked AS
-WITH parsed AS (
-    SELECT file, line_no, v,
-           CASE WHEN starts_with({_field("kind")}, '"')
-                THEN {_field("kind")} ->> '$' END AS kind
-    FROM (  -- NULL for a line that is not JSON: one parse, and an error only for those
-        SELECT file, line_no, try(json_extract(line, {_PATHS})) AS v
-        FROM lines
-        WHERE line <> ''
-    )
+_DEFAULTS = {"attributes": "[]", "is_holdback": "false", "event_type": "'custom'", "tags": "MAP {}"}
+#: The columns a line is staged with: its typed fields, defaults filled in.
+_STAGED_COLUMNS = ", ".join(
+    f"coalesce(r.{name}, {_DEFAULTS[name]}) AS {name}" if name in _DEFAULTS else f"r.{name}"
+    for name in FIELDS
+    if name != "kind"
 )
-SELECT file, line_no, v, kind,
+
+
+def staged(source: str) -> str:
+    """The lines of ``source`` (a table or query with ``file``, ``line_no`` and ``line``),
+    parsed once for the types of their fields and once for their values: each line's file
+    and number (NULL when the source does not know it), a hash of its text (to break ties
+    between lines of one uuid), its kind, why it cannot be exported if it cannot
+    (``reason``), and its typed fields. Kinds the lake does not hold
+    (``odp``, ``visitor_data``) are let through as such, to be counted."""
+    return f"""
+SELECT file, line_no, (hash(line) >> 1)::BIGINT AS line_hash, kind,
     CASE
-        WHEN v IS NULL THEN 'not JSON (a truncated line, say)'
+        WHEN t IS NULL THEN 'not JSON (a truncated line, say)'
         WHEN kind IS NULL THEN 'not an object with a kind'
-        WHEN kind = 'decision' AND {_problems(_DECISION)} <> ''
+        WHEN kind = 'decision' AND NOT ({_all(_DECISION)})
             THEN 'decision: missing or mistyped ' || {_problems(_DECISION)}
-        WHEN kind = 'conversion' AND {_problems(_CONVERSION)} <> ''
+        WHEN kind = 'conversion' AND NOT ({_all(_CONVERSION)})
             THEN 'conversion: missing or mistyped ' || {_problems(_CONVERSION)}
         WHEN kind NOT IN ('decision', 'conversion', 'odp', 'visitor_data')
             THEN 'unknown kind ' || kind
-    END AS reason
-FROM parsed
+    END AS reason,
+    {_STAGED_COLUMNS}
+FROM (
+    SELECT file, line_no, line, t, r, CASE WHEN t[1] = 'VARCHAR' THEN r.kind END AS kind
+    FROM (  -- NULL for a line that is not JSON: the error only for those
+        SELECT file, line_no, line, try(json_type(line, {_PATHS})) AS t,
+               try(json_transform(line, '{_SHAPE}')) AS r
+        FROM {source}
+        WHERE line <> ''
+    )
+)
 """
 
 
-def _text(name: str) -> str:
-    return f"{_field(name)} ->> '$' AS {name}"
-
-
-_COMMON_COLUMNS = f"""
-    {_text("uuid")},
-    {_field("timestamp")}::BIGINT AS timestamp,
-    {_field("process_timestamp")}::BIGINT AS process_timestamp,
-    {_text("visitor_id")}"""
-_CONTEXT_COLUMNS = f"""
-    coalesce(json_transform_strict({_field("attributes")}, {_ATTRIBUTES}), [])
-        AS attributes,
-    {_text("user_ip")}, {_text("user_agent")}, {_text("referer")}"""
-_CLIENT_COLUMNS = f"""
-    {_text("revision")}, {_text("client_engine")}, {_text("client_version")},
-    file, line_no"""
-
-#: The typed decision rows of the checked lines.
-DECISION_ROWS = f"""
-SELECT {_COMMON_COLUMNS},
-    {_text("campaign_id")}, {_text("experiment_id")}, {_text("variation_id")},
-    {_CONTEXT_COLUMNS},
-    coalesce({_field("is_holdback")}::BOOLEAN, false) AS is_holdback,
-    {_CLIENT_COLUMNS}
-FROM checked WHERE kind = 'decision' AND reason IS NULL
-"""
-
-#: The typed conversion rows of the checked lines.
-CONVERSION_ROWS = f"""
-SELECT {_COMMON_COLUMNS},
-    {_text("entity_id")},
-    {_CONTEXT_COLUMNS},
-    coalesce({_field("event_type")} ->> '$', 'custom') AS event_type,
-    {_text("event_name")},
-    {_field("revenue")}::BIGINT AS revenue,
-    {_field("value")}::DOUBLE AS value,
-    {_field("quantity")}::BIGINT AS quantity,
-    coalesce(json_transform_strict({_field("tags")}, {_TAGS}), MAP {{}}) AS tags,
-    {_CLIENT_COLUMNS}
-FROM checked WHERE kind = 'conversion' AND reason IS NULL
-"""
+_DECISION_COLUMNS = (
+    "uuid", "timestamp", "process_timestamp", "visitor_id", "campaign_id", "experiment_id",
+    "variation_id", "attributes", "user_ip", "user_agent", "referer", "is_holdback",
+    "revision", "client_engine", "client_version", "file", "line_hash",
+)  # fmt: skip
+_CONVERSION_COLUMNS = (
+    "uuid", "timestamp", "process_timestamp", "visitor_id", "entity_id", "attributes",
+    "user_ip", "user_agent", "referer", "event_type", "event_name", "revenue", "value",
+    "quantity", "tags", "revision", "client_engine", "client_version", "file", "line_hash",
+)  # fmt: skip
+#: The decision rows of the staged lines (``staged``, the table).
+DECISION_ROWS = (
+    f"SELECT {', '.join(_DECISION_COLUMNS)} FROM staged WHERE kind = 'decision' AND reason IS NULL"
+)
+#: The conversion rows of the staged lines.
+CONVERSION_ROWS = (
+    f"SELECT {', '.join(_CONVERSION_COLUMNS)} FROM staged "
+    "WHERE kind = 'conversion' AND reason IS NULL"
+)
 
 #: ``{table}`` without the rows whose uuid came before (in an earlier line, file or run):
 #: the first line of a uuid is kept, in the order of process time, file and line.
 DEDUPLICATED = """
 SELECT * FROM {raw}
 WHERE uuid NOT IN (SELECT uuid FROM lake_uuids)
-QUALIFY row_number() OVER (PARTITION BY uuid ORDER BY process_timestamp, file, line_no) = 1
+QUALIFY row_number() OVER (PARTITION BY uuid ORDER BY process_timestamp, file, line_hash) = 1
 """
 
 #: Sessions of every new row: a visitor's events (decisions and conversions) form a session
@@ -210,26 +193,31 @@ WITH events AS (
     SELECT visitor_id, last_timestamp, NULL, session_start FROM tails
     WHERE visitor_id IN (SELECT visitor_id FROM new_decisions
                          UNION SELECT visitor_id FROM new_conversions)
-), gaps AS (
+), gaps AS (  -- the timestamp of each event that begins a run (no event within the gap before)
     SELECT *,
-        CASE WHEN timestamp - lag(timestamp) OVER visit <= {gap} THEN 0 ELSE 1 END AS begins
+        CASE WHEN timestamp - lag(timestamp) OVER visit <= {gap} THEN NULL
+             ELSE timestamp END AS begins_at
     FROM events
     WINDOW visit AS (PARTITION BY visitor_id ORDER BY timestamp, uuid NULLS FIRST)
-), runs AS (
-    SELECT *, sum(begins) OVER (PARTITION BY visitor_id ORDER BY timestamp, uuid NULLS FIRST
-                                ROWS UNBOUNDED PRECEDING) AS run
+), runs AS (  -- each event's run, named by when it began: the latest beginning so far
+    SELECT *, max(begins_at) OVER (PARTITION BY visitor_id ORDER BY timestamp, uuid NULLS FIRST
+                                   ROWS UNBOUNDED PRECEDING) AS run_begin
     FROM gaps
-), started AS (
-    SELECT *, coalesce(min(fixed_start) OVER (PARTITION BY visitor_id, run),
-                       min(timestamp) OVER (PARTITION BY visitor_id, run)) AS run_start
-    FROM runs
+), continued AS (  -- the runs that continue an earlier session, and its start
+    SELECT visitor_id, run_begin, min(fixed_start) AS fixed_start
+    FROM runs WHERE fixed_start IS NOT NULL GROUP BY visitor_id, run_begin
 ), days AS (
-    SELECT *, (timestamp - run_start) // {longest} AS day FROM started
+    SELECT r.visitor_id, r.timestamp, r.uuid, r.run_begin,
+           coalesce(c.fixed_start, r.run_begin) AS run_start,
+           (r.timestamp - coalesce(c.fixed_start, r.run_begin)) // {longest} AS day
+    FROM runs r LEFT JOIN continued c
+        ON c.visitor_id = r.visitor_id AND c.run_begin = r.run_begin
 )
+SELECT visitor_id, timestamp, uuid, run_start AS session_start FROM days WHERE day = 0
+UNION ALL  -- the rare run longer than a day: a session begins again each day of it
 SELECT visitor_id, timestamp, uuid,
-    CASE WHEN day = 0 THEN run_start
-         ELSE min(timestamp) OVER (PARTITION BY visitor_id, run, day) END AS session_start
-FROM days
+    min(timestamp) OVER (PARTITION BY visitor_id, run_begin, day) AS session_start
+FROM days WHERE day <> 0
 """
 
 #: Each visitor's latest session after this run, for the next: the tails of visitors not seen

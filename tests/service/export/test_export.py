@@ -308,6 +308,26 @@ def test_bad_lines_are_listed_and_the_good_ones_around_them_kept(tmp_path: Path)
     assert (6, 1) == (report.rejected, report.not_exported)
 
 
+def test_bytes_that_are_not_text_are_rejected_and_the_lines_around_them_kept(
+    tmp_path: Path,
+) -> None:
+    """A line that is not UTF-8 and one with a raw control character are listed with their
+    numbers; the good lines of the same file, and of the files read with it, are exported."""
+    good = [json.dumps(decision(f"d{n}", T0 + n, "v1", "E1", "A")).encode() for n in range(4)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    lines = [good[0], b'{"kind": "decision", "uuid": "\xff\xfe"}', good[1], b'{"a": "\x1f"}']
+    (tmp_path / "a" / "events-1.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "b" / "events-2.jsonl").write_bytes(b"\n".join(good[2:]) + b"\n")
+    report = run(tmp_path)
+    assert report.rejects_report is not None
+    listed = [json.loads(line) for line in report.rejects_report.read_text().splitlines()]
+    assert [(2, "not UTF-8 text"), (4, "not JSON (a truncated line, say)")] == [
+        (row["line"], row["reason"]) for row in listed
+    ]
+    assert (6, 4, 2) == (report.lines, report.decisions, report.rejected)
+
+
 def test_a_day_is_complete_once_late_enough_and_no_open_file_can_hold_it(
     tmp_path: Path,
 ) -> None:
