@@ -34,7 +34,7 @@ from service.export.lake import SCHEMAS, Lake, Run, Schema, literal, names
 __all__ = ["ExportOptions", "Report", "export"]
 
 #: Bytes of input staged by one query (DuckDB streams them; a group is a step of progress).
-GROUP_BYTES = 256 * 1024**2
+GROUP_BYTES = 1024**3
 DAY_MS = 86_400_000
 
 _TAILS: Schema = (
@@ -171,8 +171,20 @@ def _run(
         ]
         parts = [part for kind in ("decisions", "events") for part in lake.parts(kind, dates)]
         engine.parquet("lake_uuids", parts, (("uuid", "VARCHAR"),), columns="uuid")
-        engine.table("new_decisions", sql.DEDUPLICATED.format(raw="raw_decisions"))
-        engine.table("new_conversions", sql.DEDUPLICATED.format(raw="raw_conversions"))
+        for kind, columns in (("decision", sql.DECISION_COLUMNS),
+                              ("conversion", sql.CONVERSION_COLUMNS)):  # fmt: skip
+            raw = f"raw_{kind}s"
+            engine.table(f"repeated_{kind}s", sql.REPEATED.format(kind=kind))
+            engine.table(
+                f"chosen_{kind}s",
+                sql.CHOSEN.format(columns=columns, raw=raw, repeated=f"repeated_{kind}s"),
+            )
+            engine.table(f"known_{kind}s", sql.KNOWN.format(raw=raw))
+            engine.view(
+                f"new_{kind}s",
+                sql.NEW_ROWS.format(raw=raw, repeated=f"repeated_{kind}s",
+                                    chosen=f"chosen_{kind}s", known=f"known_{kind}s"),
+            )  # fmt: skip
         state_files = [lake.state / "tails.parquet", lake.state / "firsts.parquet"]
         engine.parquet("tails", [state_files[0]] if state_files[0].exists() else [], _TAILS)
         engine.parquet("firsts", [state_files[1]] if state_files[1].exists() else [], _FIRSTS)

@@ -19,10 +19,15 @@ import json
 
 __all__ = [
     "ATTRIBUTED",
+    "CHOSEN",
+    "CONVERSION_COLUMNS",
     "CONVERSION_ROWS",
+    "DECISION_COLUMNS",
     "DECISION_ROWS",
-    "DEDUPLICATED",
     "FIRSTS",
+    "KNOWN",
+    "NEW_ROWS",
+    "REPEATED",
     "SESSIONS",
     "TAILS",
     "staged",
@@ -150,32 +155,56 @@ FROM (
 """
 
 
-_DECISION_COLUMNS = (
+#: The columns of the decision rows and the conversion rows of the staged lines.
+DECISION_COLUMNS = ", ".join((
     "uuid", "timestamp", "process_timestamp", "visitor_id", "campaign_id", "experiment_id",
     "variation_id", "attributes", "user_ip", "user_agent", "referer", "is_holdback",
     "revision", "client_engine", "client_version", "file", "line_hash",
-)  # fmt: skip
-_CONVERSION_COLUMNS = (
+))  # fmt: skip
+CONVERSION_COLUMNS = ", ".join((
     "uuid", "timestamp", "process_timestamp", "visitor_id", "entity_id", "attributes",
     "user_ip", "user_agent", "referer", "event_type", "event_name", "revenue", "value",
     "quantity", "tags", "revision", "client_engine", "client_version", "file", "line_hash",
-)  # fmt: skip
+))  # fmt: skip
 #: The decision rows of the staged lines (``staged``, the table).
-DECISION_ROWS = (
-    f"SELECT {', '.join(_DECISION_COLUMNS)} FROM staged WHERE kind = 'decision' AND reason IS NULL"
-)
+DECISION_ROWS = f"SELECT {DECISION_COLUMNS} FROM staged WHERE kind = 'decision' AND reason IS NULL"
 #: The conversion rows of the staged lines.
 CONVERSION_ROWS = (
-    f"SELECT {', '.join(_CONVERSION_COLUMNS)} FROM staged "
-    "WHERE kind = 'conversion' AND reason IS NULL"
+    f"SELECT {CONVERSION_COLUMNS} FROM staged WHERE kind = 'conversion' AND reason IS NULL"
 )
 
-#: ``{table}`` without the rows whose uuid came before (in an earlier line, file or run):
-#: the first line of a uuid is kept, in the order of process time, file and line.
-DEDUPLICATED = """
-SELECT * FROM {raw}
-WHERE uuid NOT IN (SELECT uuid FROM lake_uuids)
+#: De-duplication, in three steps that keep only small tables: duplicates are few (replays
+#: of a batch, at-least-once delivery), so the full rows are never copied to find them.
+#: ``REPEATED``: the uuids that more than one line of a kind (``{kind}``) holds.
+REPEATED = """
+SELECT uuid FROM staged
+WHERE reason IS NULL AND kind = '{kind}'
+GROUP BY uuid HAVING count(*) > 1
+"""
+
+#: ``CHOSEN``: the line kept of each repeated uuid of ``{raw}``: the first in the order of
+#: process time, file and text. Its ``{columns}`` are listed, so that no engine adds its own
+#: (Spark's translation of QUALIFY would add the row number).
+CHOSEN = """
+SELECT {columns} FROM {raw}
+WHERE uuid IN (SELECT uuid FROM {repeated})
 QUALIFY row_number() OVER (PARTITION BY uuid ORDER BY process_timestamp, file, line_hash) = 1
+"""
+
+#: ``KNOWN``: the uuids of ``{raw}`` that an earlier run exported already (a replay that
+#: reached the lake before): a join, so that the engine builds on the smaller side.
+KNOWN = """
+SELECT DISTINCT r.uuid FROM {raw} r JOIN lake_uuids l ON l.uuid = r.uuid
+"""
+
+#: ``NEW_ROWS``: ``{raw}`` de-duplicated: each uuid once, none the lake has.
+NEW_ROWS = """
+SELECT * FROM (
+    SELECT * FROM {raw} WHERE uuid NOT IN (SELECT uuid FROM {repeated})
+    UNION ALL
+    SELECT * FROM {chosen}
+)
+WHERE uuid NOT IN (SELECT uuid FROM {known})
 """
 
 #: Sessions of every new row: a visitor's events (decisions and conversions) form a session
