@@ -24,8 +24,6 @@ import orjson
 
 import rules
 from service.events.records import CLIENT_VERSION
-from service.events.spool import SpoolLocked
-from service.server import ListenError, run
 from service.settings import Settings, SettingsError, load_settings
 
 __all__ = ["main"]
@@ -164,6 +162,10 @@ _SERVE_HELP = (
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Imported here: the other commands (an export, a validation) never load the server.
+    from service.events.spool import SpoolLocked  # noqa: PLC0415
+    from service.server import ListenError, run  # noqa: PLC0415
+
     overrides = {name: getattr(args, name) for name, *_ in Settings.describe()}
     try:
         settings = load_settings(os.environ, overrides)

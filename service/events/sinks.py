@@ -30,6 +30,7 @@ import aiohttp
 import orjson
 
 from service.durable import sync_directory, try_lock
+from service.events.files import OPEN_SUFFIX
 from service.events.records import Batch
 from service.logs import get_logger
 from service.redaction import public_url
@@ -48,7 +49,6 @@ __all__ = [
 T = TypeVar("T")
 log = get_logger(__name__)
 #: The suffix a file sink's file carries while it is being written.
-OPEN_SUFFIX = ".open"
 ALL_KINDS = frozenset({"decision", "conversion", "odp", "visitor_data"})
 FORMATS = {
     "native": ALL_KINDS,

@@ -21,7 +21,7 @@ import orjson
 import xxhash
 
 from service.durable import try_lock
-from service.events.sinks import OPEN_SUFFIX
+from service.events.files import OPEN_SUFFIX
 from service.export import InputUnreadable
 
 __all__ = ["InputFile", "Inputs", "Manifest", "find_inputs"]
