@@ -36,7 +36,7 @@ def forget(lake: Lake, visitors: list[str]) -> Forgotten:
             con.execute("CREATE TEMP TABLE forgotten AS SELECT unnest(?::VARCHAR[]) AS visitor_id",
                         [visitors])  # fmt: skip
             parts = [part for kind in KINDS for part in lake.parts(kind)]
-            state = [lake.state / "tails.parquet", lake.state / "firsts.parquet"]
+            state = [lake.state / "tails.parquet", *sorted(lake.state.glob("firsts*.parquet"))]
             for path in [*parts, *(path for path in state if path.exists())]:
                 found = _count(con, path)
                 if not found:

@@ -36,6 +36,8 @@ __all__ = ["ExportOptions", "Report", "export"]
 #: Bytes of input staged by one query (DuckDB streams them; a group is a step of progress).
 GROUP_BYTES = 1024**3
 DAY_MS = 86_400_000
+#: First decisions' files (one per run) merged into one once there are this many.
+FIRSTS_FILES = 16
 
 _TAILS: Schema = (
     ("visitor_id", "VARCHAR"), ("session_start", "BIGINT"), ("last_timestamp", "BIGINT"),
@@ -108,8 +110,10 @@ def export(options: ExportOptions) -> Report:
         if new:
             run = Run.begin(lake)
             try:
-                report_counts, rejects = _run(lake, run, new, manifest, completed, options)
+                report_counts, rejects, merged = _run(lake, run, new, manifest, completed, options)
                 run.land()
+                for path in merged:  # their rows are in the new merged file: left, they would
+                    path.unlink(missing_ok=True)  # repeat them, which readers allow
             except OSError as error:
                 run.abandon()
                 raise LakeUnwritable(f"{lake.root}: cannot be written: {error}") from None
@@ -150,7 +154,7 @@ def _run(
     manifest: Manifest,
     completed: set[str],
     options: ExportOptions,
-) -> tuple[dict[str, int], Path | None]:
+) -> tuple[dict[str, int], Path | None, list[Path]]:
     staging = DuckEngine(run.work)
     engine: Engine = staging
     try:
@@ -185,12 +189,15 @@ def _run(
                 sql.NEW_ROWS.format(raw=raw, repeated=f"repeated_{kind}s",
                                     chosen=f"chosen_{kind}s", known=f"known_{kind}s"),
             )  # fmt: skip
-        state_files = [lake.state / "tails.parquet", lake.state / "firsts.parquet"]
-        engine.parquet("tails", [state_files[0]] if state_files[0].exists() else [], _TAILS)
-        engine.parquet("firsts", [state_files[1]] if state_files[1].exists() else [], _FIRSTS)
+        tails = lake.state / "tails.parquet"
+        engine.parquet("tails", [tails] if tails.exists() else [], _TAILS)
+        firsts = sorted(lake.state.glob("firsts*.parquet"))
+        engine.parquet("firsts", firsts, _FIRSTS)
         gap = int(options.session_gap.total_seconds() * 1000)
         engine.table("sessions", sql.SESSIONS.format(gap=gap, longest=DAY_MS))
-        engine.table("merged_firsts", sql.FIRSTS)
+        # First decisions older than the retention go with their partitions.
+        kept_from = int((options.now - timedelta(days=options.retention_days)).timestamp() * 1000)
+        engine.table("merged_firsts", sql.FIRSTS.format(kept_from=kept_from, visitors=sql.SEEN_NOW))
         counts["decisions"] = engine.count("SELECT uuid FROM new_decisions")
         counts["conversions"] = engine.count("SELECT uuid FROM new_conversions")
         counts["duplicates"] = (
@@ -204,12 +211,11 @@ def _run(
         state = run.staged / lake.state.relative_to(lake.root)
         state.mkdir(parents=True, exist_ok=True)
         engine.write_file(sql.TAILS.format(keep=DAY_MS + gap), state / "tails.parquet")
-        # First decisions older than the retention go with their partitions.
-        kept_from = int((options.now - timedelta(days=options.retention_days)).timestamp() * 1000)
-        engine.write_file(
-            f"SELECT {names(_FIRSTS)} FROM merged_firsts WHERE timestamp >= {kept_from}",
-            state / "firsts.parquet",
-        )
+        expired = bool(firsts) and _one(
+            staging.con, f"SELECT count(*) FROM read_parquet(?) WHERE timestamp < {kept_from}",
+            [str(path) for path in firsts],
+        ) > 0  # fmt: skip
+        merged = _write_firsts(engine, firsts, state, run.name, kept_from, expired)
     finally:
         if engine is not staging:
             engine.close()
@@ -224,7 +230,37 @@ def _run(
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rejected))
     counts["rejected"] = len(rejected)
-    return counts, report
+    return counts, report, merged
+
+
+def _write_firsts(
+    engine: Engine, firsts: list[Path], state: Path, run: str, kept_from: int, expired: bool
+) -> list[Path]:
+    """The first decisions after this run: the files of earlier runs stay, and this run adds
+    a file of the firsts it changed (those the new decisions are), so that a small run does
+    not write every visitor's again. Every ``FIRSTS_FILES`` runs, or when some have
+    ``expired`` (older than the retention: they are removed, not only left unread), they
+    are merged into one. The files merged, to remove once the run has landed."""
+    columns = names(_FIRSTS)
+    if not firsts:  # the first run: all its firsts are new
+        engine.write_file(
+            f"SELECT {columns} FROM merged_firsts WHERE timestamp >= {kept_from}",
+            state / "firsts.parquet",
+        )
+        return []
+    if expired or len(firsts) >= FIRSTS_FILES:
+        everyone = sql.FIRSTS.format(kept_from=kept_from, visitors="")
+        engine.write_file(
+            f"SELECT {columns} FROM ({everyone}) WHERE timestamp >= {kept_from}",
+            state / "firsts.parquet",
+        )
+        return [path for path in firsts if path.name != "firsts.parquet"]
+    engine.write_file(
+        f"SELECT {columns} FROM merged_firsts WHERE timestamp >= {kept_from} "
+        "AND uuid IN (SELECT uuid FROM new_decisions)",
+        state / f"firsts-{run}.parquet",
+    )
+    return []
 
 
 def _stage(
@@ -417,8 +453,8 @@ def _prefixed(schema: Schema, session: str, account: str) -> str:
     return ", ".join(chosen)
 
 
-def _one(con: duckdb.DuckDBPyConnection, query: str) -> int:
-    row = con.execute(query).fetchone()
+def _one(con: duckdb.DuckDBPyConnection, query: str, *parameters: Any) -> int:
+    row = con.execute(query, parameters or None).fetchone()
     return int(row[0]) if row else 0
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "KNOWN",
     "NEW_ROWS",
     "REPEATED",
+    "SEEN_NOW",
     "SESSIONS",
     "TAILS",
     "staged",
@@ -260,17 +261,26 @@ WHERE visitor_id NOT IN (SELECT visitor_id FROM sessions)
   AND last_timestamp >= (SELECT max(timestamp) FROM sessions) - {keep}
 """
 
-#: Each visitor's first decision in each experiment, over earlier runs and this one.
+#: Each visitor's first decision in each experiment, over earlier runs (``firsts``, from
+#: ``{kept_from}`` on: older ones went with their partitions) and this one; ``{visitors}``
+#: narrows the earlier ones to some visitors (``AND visitor_id IN ...``), or is empty.
 FIRSTS = """
 SELECT visitor_id, experiment_id, campaign_id, variation_id, timestamp, uuid
 FROM (
     SELECT visitor_id, campaign_id, experiment_id, variation_id, timestamp, uuid FROM firsts
+    WHERE timestamp >= {kept_from} {visitors}
     UNION ALL
     SELECT visitor_id, campaign_id, experiment_id, variation_id, timestamp, uuid
     FROM new_decisions
 )
 QUALIFY row_number() OVER (PARTITION BY visitor_id, experiment_id ORDER BY timestamp, uuid) = 1
 """
+
+#: ``{visitors}`` for the visitors of this run's rows, the only ones attribution asks about.
+SEEN_NOW = (
+    "AND visitor_id IN (SELECT visitor_id FROM new_decisions "
+    "UNION SELECT visitor_id FROM new_conversions)"
+)
 
 #: Every new conversion with the experiments it is attributed to: each experiment the
 #: visitor had a decision in at or before it, with the first variation given there; sorted,

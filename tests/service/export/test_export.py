@@ -15,7 +15,7 @@ import duckdb
 import pytest
 
 from service.cli import main
-from service.export import ExportError, LakeLocked, sql
+from service.export import ExportError, LakeLocked, job, sql
 from service.export.job import ExportOptions, Report, export
 from service.export.lake import Lake
 from service.export.query import connect, run_query
@@ -285,6 +285,36 @@ def test_a_second_run_adds_nothing_and_a_new_file_only_its_rows(tmp_path: Path) 
     assert (1, 1, 1) == (third.files_read, third.conversions, third.duplicates)
     assert {"d": 5, "c": 6, "u": 6} == counts
     assert ["E2"] == [e["experiment_id"] for e in c10["experiments"]]
+
+
+def test_first_decisions_kept_a_file_per_run_are_merged_and_attribute_across_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each run adds a file of the first decisions it changed, merged into one every few
+    runs; a late decision earlier than the first known becomes the first, and conversions
+    of later runs are attributed from all of them."""
+    monkeypatch.setattr(job, "FIRSTS_FILES", 3)
+    state = Lake(tmp_path / "lake", ACCOUNT).state
+    (tmp_path / "b").mkdir()
+    steps = [
+        [decision("d1", T0 + 10 * MINUTE, "v1", "E1", "A")],
+        [decision("d2", T0, "v2", "E2", "B")],
+        [decision("d3", T0 + 5 * MINUTE, "v1", "E1", "B")],  # late, and before d1
+        [conversion("c1", T0 + 60 * MINUTE, "v1", PURCHASE, 1, 1.0),
+         conversion("c2", T0 + 60 * MINUTE, "v2", PURCHASE, 1, 1.0)],
+    ]  # fmt: skip
+    files_after = []
+    for number, records in enumerate(steps):
+        Scenario().write(tmp_path / "a" / f"events-{number}.jsonl", records)
+        run(tmp_path)
+        files_after.append(len(list(state.glob("firsts*.parquet"))))
+    rows = answer_all(tmp_path, "SELECT uuid, experiments FROM events ORDER BY uuid")
+    assert [1, 2, 3, 1] == files_after  # the fourth run merged the three files
+    assert [
+        ("c1", [("E1", "B")]),
+        ("c2", [("E2", "B")]),
+    ] == [(r["uuid"], [(e["experiment_id"], e["variation_id"]) for e in r["experiments"]])
+          for r in rows]  # fmt: skip
 
 
 def test_bad_lines_are_listed_and_the_good_ones_around_them_kept(tmp_path: Path) -> None:
