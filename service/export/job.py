@@ -197,7 +197,9 @@ def _run(
         engine.table("sessions", sql.SESSIONS.format(gap=gap, longest=DAY_MS))
         # First decisions older than the retention go with their partitions.
         kept_from = int((options.now - timedelta(days=options.retention_days)).timestamp() * 1000)
-        engine.table("merged_firsts", sql.FIRSTS.format(kept_from=kept_from, visitors=sql.SEEN_NOW))
+        # Narrowed to the visitors seen now, unless there are no earlier firsts to narrow.
+        seen = sql.SEEN_NOW if firsts else ""
+        engine.table("merged_firsts", sql.FIRSTS.format(kept_from=kept_from, visitors=seen))
         counts["decisions"] = engine.count("SELECT uuid FROM new_decisions")
         counts["conversions"] = engine.count("SELECT uuid FROM new_conversions")
         counts["duplicates"] = (
