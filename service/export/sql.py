@@ -34,73 +34,104 @@ __all__ = [
     "staged",
 ]
 
-#: Every field the export reads, with the type it is read as (``json_transform``'s shape).
-FIELDS: dict[str, object] = {
-    "kind": "VARCHAR", "uuid": "VARCHAR", "timestamp": "BIGINT", "process_timestamp": "BIGINT",
-    "visitor_id": "VARCHAR", "user_ip": "VARCHAR", "user_agent": "VARCHAR",
-    "referer": "VARCHAR", "revision": "VARCHAR", "client_engine": "VARCHAR",
-    "client_version": "VARCHAR",
-    "attributes": [{"id": "VARCHAR", "name": "VARCHAR", "type": "VARCHAR", "value": "VARCHAR"}],
-    "campaign_id": "VARCHAR", "experiment_id": "VARCHAR", "variation_id": "VARCHAR",
-    "is_holdback": "BOOLEAN", "entity_id": "VARCHAR", "event_name": "VARCHAR",
-    "event_type": "VARCHAR", "revenue": "BIGINT", "value": "DOUBLE", "quantity": "BIGINT",
-    "tags": "MAP(VARCHAR, VARCHAR)",
+_ATTRIBUTES = '[{"id":"VARCHAR","name":"VARCHAR","type":"VARCHAR","value":"VARCHAR"}]'
+_TAGS = '"MAP(VARCHAR, VARCHAR)"'
+
+# Each line is parsed once, by ``json_transform`` into the JSON text of each field (NULL when
+# the field is absent or null), and each field's type is checked on that text, which is
+# cheaper than parsing the line again: ``json_transform`` into typed values would convert
+# what it can (a number into text, "7" into 7), and ``json_type`` costs a second parse.
+_IS = {
+    "text": "starts_with({raw}, '\"')",
+    # At most 18 digits: every such number fits a BIGINT, so a longer one is refused here
+    # rather than failing the cast (and the run) later.
+    "integer": "regexp_full_match({raw}, '-?[0-9]{{1,18}}')",
+    "number": "TRY_CAST({raw} AS DOUBLE) IS NOT NULL",  # text, quoted, is not a number
+    "boolean": "{raw} IN ('true', 'false')",
+    "list": "starts_with({raw}, '[')",
+    "object": "starts_with({raw}, '{{')",
+}
+
+
+def _escaped(text: str) -> str:
+    """``text`` as a literal part of a ``str.format`` template."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+_TEXT_VALUE = (  # a string's text with its quotes off, unless it holds an escape
+    "CASE WHEN starts_with({raw}, '\"') THEN CASE WHEN contains({raw}, '\\') "
+    "THEN v.{name} ->> '$' ELSE {raw}[2:-2] END END"
+)
+_VALUE = {
+    "text": _TEXT_VALUE,
+    "integer": "TRY_CAST({raw} AS BIGINT)",
+    "number": "TRY_CAST({raw} AS DOUBLE)",
+    "boolean": "CASE {raw} WHEN 'true' THEN true WHEN 'false' THEN false END",
+    "list": "CASE WHEN {raw} = '[]' THEN [] "
+    f"ELSE try(json_transform(v.{{name}}, '{_escaped(_ATTRIBUTES)}')) END",
+    "object": "CASE WHEN {raw} = '{{}}' THEN MAP {{}} "
+    f"ELSE try(json_transform(v.{{name}}, '{_escaped(_TAGS)}')) END",
+}
+#: Every field the export reads, and its type.
+FIELDS = {
+    "kind": "text", "uuid": "text", "timestamp": "integer", "process_timestamp": "integer",
+    "visitor_id": "text", "user_ip": "text", "user_agent": "text", "referer": "text",
+    "revision": "text", "client_engine": "text", "client_version": "text",
+    "attributes": "list", "campaign_id": "text", "experiment_id": "text",
+    "variation_id": "text", "is_holdback": "boolean", "entity_id": "text",
+    "event_name": "text", "event_type": "text", "revenue": "integer", "value": "number",
+    "quantity": "integer", "tags": "object",
 }  # fmt: skip
-_SHAPE = json.dumps(FIELDS, separators=(",", ":"))
-_PATHS = "[" + ", ".join(f"'$.{name}'" for name in FIELDS) + "]"
-
-# The JSON types (``json_type``'s names) a field's value may have. ``json_transform`` alone
-# would convert what it can (a number into text, "7" into 7), so each field's type is
-# checked on ``json_type`` (the same parse for every field), and the value converted only
-# when it has the right type; an integer beyond a BIGINT converts to NULL, which is refused.
-_TEXT = ("VARCHAR",)
-_INTEGER = ("UBIGINT", "BIGINT")
-_NUMBER = ("UBIGINT", "BIGINT", "DOUBLE")
+_RAW_SHAPE = json.dumps(dict.fromkeys(FIELDS, "JSON"), separators=(",", ":"))
 
 
-def _type(name: str) -> str:
-    return f"t[{list(FIELDS).index(name) + 1}]"
+def _raw(name: str) -> str:
+    return f"raw_{name}"
 
 
-def _required(name: str, types: tuple[str, ...]) -> str:
-    listed = ", ".join(f"'{kind}'" for kind in types)
-    return f"coalesce({_type(name)} IN ({listed}) AND r.{name} IS NOT NULL, false)"
+def _is(name: str) -> str:
+    return _IS[FIELDS[name]].format(raw=_raw(name))
 
 
-def _optional(name: str, types: tuple[str, ...]) -> str:
-    return f"({_type(name)} IS NULL OR {_type(name)} = 'NULL' OR {_required(name, types)})"
+def _required(name: str) -> str:
+    return f"coalesce({_is(name)}, false)"
 
 
-#: An attribute has an id and a name (its type and value may be null).
+def _optional(name: str) -> str:
+    return f"({_raw(name)} IS NULL OR {_is(name)})"
+
+
+#: A list of attributes, each with an id and a name (its type and value may be null).
 _ATTRIBUTES_OK = (
-    f"({_optional('attributes', ('ARRAY',))} AND coalesce(list_bool_and(list_transform("
-    "r.attributes, lambda a: a.id IS NOT NULL AND a.name IS NOT NULL)), true))"
+    f"({_raw('attributes')} IS NULL OR ({_is('attributes')} AND attributes IS NOT NULL AND "
+    "coalesce(list_bool_and(list_transform(attributes, "
+    "lambda a: a.id IS NOT NULL AND a.name IS NOT NULL)), true)))"
 )
 _COMMON = {
-    "uuid": _required("uuid", _TEXT),
-    "timestamp": _required("timestamp", _INTEGER),
-    "process_timestamp": _required("process_timestamp", _INTEGER),
-    "visitor_id": _required("visitor_id", _TEXT),
-    **{name: _optional(name, _TEXT) for name in (
+    "uuid": _required("uuid"),
+    "timestamp": _required("timestamp"),
+    "process_timestamp": _required("process_timestamp"),
+    "visitor_id": _required("visitor_id"),
+    **{name: _optional(name) for name in (
         "user_ip", "user_agent", "referer", "revision", "client_engine", "client_version")},
     "attributes": _ATTRIBUTES_OK,
 }  # fmt: skip
 _DECISION = {
     **_COMMON,
-    "campaign_id": _required("campaign_id", _TEXT),
-    "experiment_id": _required("experiment_id", _TEXT),
-    "variation_id": _required("variation_id", _TEXT),
-    "is_holdback": _optional("is_holdback", ("BOOLEAN",)),
+    "campaign_id": _required("campaign_id"),
+    "experiment_id": _required("experiment_id"),
+    "variation_id": _required("variation_id"),
+    "is_holdback": _optional("is_holdback"),
 }
 _CONVERSION = {
     **_COMMON,
-    "entity_id": _required("entity_id", _TEXT),
-    "event_name": _required("event_name", _TEXT),
-    "event_type": _optional("event_type", _TEXT),
-    "revenue": _optional("revenue", _INTEGER),
-    "value": _optional("value", _NUMBER),
-    "quantity": _optional("quantity", _INTEGER),
-    "tags": _optional("tags", ("OBJECT",)),
+    "entity_id": _required("entity_id"),
+    "event_name": _required("event_name"),
+    "event_type": _optional("event_type"),
+    "revenue": _optional("revenue"),
+    "value": _optional("value"),
+    "quantity": _optional("quantity"),
+    "tags": f"({_raw('tags')} IS NULL OR ({_is('tags')} AND tags IS NOT NULL))",
 }
 
 
@@ -116,9 +147,14 @@ def _problems(checks: dict[str, str]) -> str:
 
 
 _DEFAULTS = {"attributes": "[]", "is_holdback": "false", "event_type": "'custom'", "tags": "MAP {}"}
+#: Each field's JSON text, then its value (NULL if it has not the field's type).
+_RAW_COLUMNS = ", ".join(f"CAST(v.{name} AS VARCHAR) AS {_raw(name)}" for name in FIELDS)
+_VALUE_COLUMNS = ", ".join(
+    _VALUE[kind].format(raw=_raw(name), name=name) + f" AS {name}" for name, kind in FIELDS.items()
+)
 #: The columns a line is staged with: its typed fields, defaults filled in.
 _STAGED_COLUMNS = ", ".join(
-    f"coalesce(r.{name}, {_DEFAULTS[name]}) AS {name}" if name in _DEFAULTS else f"r.{name}"
+    f"coalesce({name}, {_DEFAULTS[name]}) AS {name}" if name in _DEFAULTS else name
     for name in FIELDS
     if name != "kind"
 )
@@ -126,15 +162,15 @@ _STAGED_COLUMNS = ", ".join(
 
 def staged(source: str) -> str:
     """The lines of ``source`` (a table or query with ``file``, ``line_no`` and ``line``),
-    parsed once for the types of their fields and once for their values: each line's file
+    parsed once into the JSON text of each field, checked and typed: each line's file
     and number (NULL when the source does not know it), a hash of its text (to break ties
     between lines of one uuid), its kind, why it cannot be exported if it cannot
     (``reason``), and its typed fields. Kinds the lake does not hold
     (``odp``, ``visitor_data``) are let through as such, to be counted."""
     return f"""
-SELECT file, line_no, (hash(line) >> 1)::BIGINT AS line_hash, kind,
+SELECT file, line_no, line_hash, kind,
     CASE
-        WHEN t IS NULL THEN 'not JSON (a truncated line, say)'
+        WHEN v IS NULL THEN 'not JSON (a truncated line, say)'
         WHEN kind IS NULL THEN 'not an object with a kind'
         WHEN kind = 'decision' AND NOT ({_all(_DECISION)})
             THEN 'decision: missing or mistyped ' || {_problems(_DECISION)}
@@ -145,12 +181,15 @@ SELECT file, line_no, (hash(line) >> 1)::BIGINT AS line_hash, kind,
     END AS reason,
     {_STAGED_COLUMNS}
 FROM (
-    SELECT file, line_no, line, t, r, CASE WHEN t[1] = 'VARCHAR' THEN r.kind END AS kind
-    FROM (  -- NULL for a line that is not JSON: the error only for those
-        SELECT file, line_no, line, try(json_type(line, {_PATHS})) AS t,
-               try(json_transform(line, '{_SHAPE}')) AS r
-        FROM {source}
-        WHERE line <> ''
+    SELECT *, {_VALUE_COLUMNS}
+    FROM (
+        SELECT file, line_no, line_hash, v, {_RAW_COLUMNS}
+        FROM (  -- NULL for a line that is not JSON: the error only for those
+            SELECT file, line_no, (hash(line) >> 1)::BIGINT AS line_hash,
+                   try(json_transform(line, '{_RAW_SHAPE}')) AS v
+            FROM {source}
+            WHERE line <> ''
+        )
     )
 )
 """
