@@ -36,7 +36,6 @@ from service.logs import get_logger
 from service.redaction import public_url
 
 __all__ = [
-    "OPEN_SUFFIX",
     "DeliveryError",
     "FileSink",
     "HttpSink",

@@ -197,8 +197,15 @@ def _run(
         engine.table("sessions", sql.SESSIONS.format(gap=gap, longest=DAY_MS))
         # First decisions older than the retention go with their partitions.
         kept_from = int((options.now - timedelta(days=options.retention_days)).timestamp() * 1000)
-        # Narrowed to the visitors seen now, unless there are no earlier firsts to narrow.
-        seen = sql.SEEN_NOW if firsts else ""
+        # Earlier firsts merged into one file every FIRSTS_FILES runs, or when some expired
+        # (older than the retention: removed, not only left unread); otherwise this run adds
+        # a file of the firsts it changed, and needs only those of the visitors seen now.
+        expired = bool(firsts) and _one(
+            staging.con, f"SELECT count(*) FROM read_parquet(?) WHERE timestamp < {kept_from}",
+            [str(path) for path in firsts],
+        ) > 0  # fmt: skip
+        merging = not firsts or expired or len(firsts) >= FIRSTS_FILES
+        seen = "" if merging else sql.SEEN_NOW
         engine.table("merged_firsts", sql.FIRSTS.format(kept_from=kept_from, visitors=seen))
         counts["decisions"] = engine.count("SELECT uuid FROM new_decisions")
         counts["conversions"] = engine.count("SELECT uuid FROM new_conversions")
@@ -213,11 +220,7 @@ def _run(
         state = run.staged / lake.state.relative_to(lake.root)
         state.mkdir(parents=True, exist_ok=True)
         engine.write_file(sql.TAILS.format(keep=DAY_MS + gap), state / "tails.parquet")
-        expired = bool(firsts) and _one(
-            staging.con, f"SELECT count(*) FROM read_parquet(?) WHERE timestamp < {kept_from}",
-            [str(path) for path in firsts],
-        ) > 0  # fmt: skip
-        merged = _write_firsts(engine, firsts, state, run.name, kept_from, expired)
+        merged = _write_firsts(engine, firsts, state, run.name, kept_from, merging)
     finally:
         if engine is not staging:
             engine.close()
@@ -236,31 +239,17 @@ def _run(
 
 
 def _write_firsts(
-    engine: Engine, firsts: list[Path], state: Path, run: str, kept_from: int, expired: bool
+    engine: Engine, firsts: list[Path], state: Path, run: str, kept_from: int, merging: bool
 ) -> list[Path]:
-    """The first decisions after this run: the files of earlier runs stay, and this run adds
-    a file of the firsts it changed (those the new decisions are), so that a small run does
-    not write every visitor's again. Every ``FIRSTS_FILES`` runs, or when some have
-    ``expired`` (older than the retention: they are removed, not only left unread), they
-    are merged into one. The files merged, to remove once the run has landed."""
-    columns = names(_FIRSTS)
-    if not firsts:  # the first run: all its firsts are new
-        engine.write_file(
-            f"SELECT {columns} FROM merged_firsts WHERE timestamp >= {kept_from}",
-            state / "firsts.parquet",
-        )
-        return []
-    if expired or len(firsts) >= FIRSTS_FILES:
-        everyone = sql.FIRSTS.format(kept_from=kept_from, visitors="")
-        engine.write_file(
-            f"SELECT {columns} FROM ({everyone}) WHERE timestamp >= {kept_from}",
-            state / "firsts.parquet",
-        )
+    """The first decisions after this run (``merged_firsts``): all of them in one file when
+    ``merging``, else a file of those the new decisions are, so that a small run does not
+    write every visitor's again. The files merged, to remove once the run has landed."""
+    kept = f"SELECT {names(_FIRSTS)} FROM merged_firsts WHERE timestamp >= {kept_from}"
+    if merging:
+        engine.write_file(kept, state / "firsts.parquet")
         return [path for path in firsts if path.name != "firsts.parquet"]
     engine.write_file(
-        f"SELECT {columns} FROM merged_firsts WHERE timestamp >= {kept_from} "
-        "AND uuid IN (SELECT uuid FROM new_decisions)",
-        state / f"firsts-{run}.parquet",
+        f"{kept} AND uuid IN (SELECT uuid FROM new_decisions)", state / f"firsts-{run}.parquet"
     )
     return []
 
@@ -353,7 +342,7 @@ def _numbered_rejects(con: duckdb.DuckDBPyConnection, target: Path) -> list[dict
         f"SELECT file, line_no, reason FROM read_parquet({literal(target)}) "
         "WHERE reason IS NOT NULL AND line_no IS NOT NULL"
     ).fetchall()
-    return [{"file": file, "line": line, "reason": reason} for file, line, reason in rows]
+    return _rejects(rows)
 
 
 def _rejected(con: duckdb.DuckDBPyConnection, files: list[InputFile]) -> list[dict[str, Any]]:
@@ -367,8 +356,11 @@ def _rejected(con: duckdb.DuckDBPyConnection, files: list[InputFile]) -> list[di
         f"SELECT file, line_no, reason FROM ({sql.staged('lines')}) WHERE reason IS NOT NULL"
     ).fetchall()
     con.unregister("lines")
-    return [{"file": file, "line": line, "reason": reason}
-                         for file, line, reason in rows]  # fmt: skip
+    return _rejects(rows)
+
+
+def _rejects(rows: list[tuple[str, int, str]]) -> list[dict[str, Any]]:
+    return [{"file": file, "line": line, "reason": reason} for file, line, reason in rows]
 
 
 def read_lines(files: list[InputFile]) -> tuple[pa.Table, list[dict[str, Any]]]:

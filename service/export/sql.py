@@ -48,8 +48,9 @@ _IS = {
     "integer": "regexp_full_match({raw}, '-?[0-9]{{1,18}}')",
     "number": "TRY_CAST({raw} AS DOUBLE) IS NOT NULL",  # text, quoted, is not a number
     "boolean": "{raw} IN ('true', 'false')",
-    "list": "starts_with({raw}, '[')",
-    "object": "starts_with({raw}, '{{')",
+    # and its elements converted (a list of objects, an object of scalars)
+    "list": "starts_with({raw}, '[') AND {name} IS NOT NULL",
+    "object": "starts_with({raw}, '{{') AND {name} IS NOT NULL",
 }
 
 
@@ -90,7 +91,7 @@ def _raw(name: str) -> str:
 
 
 def _is(name: str) -> str:
-    return _IS[FIELDS[name]].format(raw=_raw(name))
+    return _IS[FIELDS[name]].format(raw=_raw(name), name=name)
 
 
 def _required(name: str) -> str:
@@ -103,9 +104,8 @@ def _optional(name: str) -> str:
 
 #: A list of attributes, each with an id and a name (its type and value may be null).
 _ATTRIBUTES_OK = (
-    f"({_raw('attributes')} IS NULL OR ({_is('attributes')} AND attributes IS NOT NULL AND "
-    "coalesce(list_bool_and(list_transform(attributes, "
-    "lambda a: a.id IS NOT NULL AND a.name IS NOT NULL)), true)))"
+    f"({_optional('attributes')} AND coalesce(list_bool_and(list_transform(attributes, "
+    "lambda a: a.id IS NOT NULL AND a.name IS NOT NULL)), true))"
 )
 _COMMON = {
     "uuid": _required("uuid"),
@@ -131,7 +131,7 @@ _CONVERSION = {
     "revenue": _optional("revenue"),
     "value": _optional("value"),
     "quantity": _optional("quantity"),
-    "tags": f"({_raw('tags')} IS NULL OR ({_is('tags')} AND tags IS NOT NULL))",
+    "tags": _optional("tags"),
 }
 
 
