@@ -49,7 +49,11 @@ def assignment(decision: Decision, now: float) -> Assignment:
 class RecentExposures:
     def __init__(self, store: VisitorStore | None) -> None:
         self.store = store if store is not None and store.kind != "memory" else None
-        self.local: OrderedDict[str, list[Assignment]] = OrderedDict()
+        # A tuple of plain tuples per visitor, replaced when it changes: the cyclic
+        # collector stops tracking it once it has seen it (and the tuples in it). Lists, one
+        # per visitor of the window (25,000 at 5,000 new visitors a second), made its full
+        # collections take 25-40 ms, each stalling every request under way.
+        self.local: OrderedDict[str, tuple[Assignment, ...]] = OrderedDict()
         self.pending: list[tuple[str, Assignment]] = []
         self.lost = 0
 
@@ -60,16 +64,15 @@ class RecentExposures:
             if decision.rule_type != "experiment":
                 continue
             noted = assignment(decision, now)
-            kept = self.local.get(visitor)
+            local = self.local
+            kept = local.get(visitor)
             if kept is None:
-                kept = self.local[visitor] = []
-                if len(self.local) > LIMIT:
-                    self.local.popitem(last=False)
-            else:
-                self.local.move_to_end(visitor)  # the oldest notes stay first, for sweep()
-            kept.append(noted)
-            if len(kept) > KEPT:  # a visitor decided again and again keeps the newest
-                del kept[:-KEPT]
+                local[visitor] = (noted,)
+                if len(local) > LIMIT:
+                    local.popitem(last=False)
+            else:  # a visitor decided again and again keeps the newest
+                local[visitor] = (*kept[1 - KEPT :], noted)
+                local.move_to_end(visitor)  # the oldest notes stay first, for sweep()
             if self.store is not None:
                 self.pending.append((visitor, noted))
 
