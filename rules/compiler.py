@@ -88,6 +88,9 @@ class CompiledEnvironment:
     visitor_readers: frozenset[str] = frozenset()
     #: The ``visitor.*`` attribute names those flags read (conditions and bucketing units).
     visitor_attributes: frozenset[str] = frozenset()
+    #: The flags not in ``constants`` with an experiment rule: only their decisions can be
+    #: experiment exposures (a caller noting those among many decisions looks at these only).
+    experiments: tuple[str, ...] = ()
 
 
 def compile_document(document: Document) -> dict[str, CompiledEnvironment]:
@@ -142,6 +145,7 @@ def _compile_environment(document: Document, env: str) -> Steps[CompiledEnvironm
     rollouts: list[tuple[str, bytes, int, Decision, Decision]] = []
     bucketed: list[tuple[str, tuple[VisitorRule, ...], Decision]] = []
     dynamic: list[tuple[str, Evaluator]] = []
+    experiments: list[str] = []
     # Each flag is sorted into its group as it is compiled: after the last one, nothing is
     # left that walks all of them (that walk was a 10 ms step for 10,000 flags).
     for key, flag in document.flags.items():  # in prerequisite order
@@ -157,6 +161,8 @@ def _compile_environment(document: Document, env: str) -> Steps[CompiledEnvironm
             constants[key] = compiled.constant
             yield
             continue
+        if any(rule.type == "experiment" for rule in rules):
+            experiments.append(key)
         if compiled.rollout is not None:
             rollouts.append((key, *compiled.rollout))
         elif compiled.bucketed is not None:
@@ -176,6 +182,7 @@ def _compile_environment(document: Document, env: str) -> Steps[CompiledEnvironm
         frozenset(clocked),
         frozenset(readers),
         frozenset(read_names),
+        tuple(experiments),
     )
 
 

@@ -249,6 +249,12 @@ class Ruleset:
         to put in their context (merging more changes nothing)."""
         return self._environment(environment).visitor_attributes
 
+    def experiment_flags(self, environment: str | None = None) -> tuple[str, ...]:
+        """The flags not in ``constant_decisions`` that have an experiment rule in this
+        environment: among a visitor's varying decisions, only theirs can be experiment
+        exposures."""
+        return self._environment(environment).experiments
+
     def variable(
         self,
         flag_key: str,
@@ -305,8 +311,8 @@ class Ruleset:
             raise InvalidVisitorCode(visitor_code)
         if context is None:
             context = _EMPTY
-        elif not isinstance(context, Mapping):
-            raise InvalidContext(context)
+        elif context.__class__ is not dict and not isinstance(context, Mapping):
+            raise InvalidContext(context)  # (dict first: an ABC check costs a microsecond)
         if self._document.segments:  # many flags, few segments: evaluate each segment once
             context = memoize_segments(context)
         if now is None:

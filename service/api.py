@@ -206,11 +206,21 @@ class Serving:
             self.tally.update(reasons)
             self.metrics.count_decisions(decisions.values())
             if query.track:
-                exposed = (
-                    *constant_exposures(snapshot, environment, query.active_only),
-                    *decisions.values(),
+                constants = constant_exposures(snapshot, environment, query.active_only)
+                # Only flags with an experiment rule can be noted for the tracking code:
+                # looking at those alone spares a look at every decision.
+                experiments = [
+                    decisions[key]
+                    for key in ruleset.experiment_flags(environment)
+                    if key in decisions
+                ]
+                self._expose_all(
+                    request,
+                    query,
+                    (*constants, *decisions.values()) if self.recorder is not None else (),
+                    ruleset.revision,
+                    noted=(*constants, *experiments),
                 )
-                self._expose_all(request, query, exposed, ruleset.revision)
             parts = members(snapshot, decisions)
             if constant:  # not first or last: those get the head and tail (_decide_response)
                 parts.insert(1, constant)
@@ -235,9 +245,10 @@ class Serving:
         query: DecisionQuery,
         decisions: Collection[rules.Decision],
         revision: str,
+        noted: Collection[rules.Decision] | None = None,
     ) -> None:
         """Record a tracked request's exposures, and note its experiments for the tracking
-        code."""
+        code (those among ``noted``, when the caller narrowed them down, else ``decisions``)."""
         if self.recorder is not None:
             self.recorder.expose_all(
                 query.visitor_code,
@@ -248,4 +259,4 @@ class Serving:
                 revision,
             )
         if self.recent is not None:
-            self.recent.note(query.visitor_code, decisions)
+            self.recent.note(query.visitor_code, decisions if noted is None else noted)

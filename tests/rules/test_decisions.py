@@ -442,3 +442,23 @@ def test_release_steps_take_a_ruleset_apart_in_many_small_steps() -> None:
         released.decide("flag_00000", "v-1")
     assert {} == released.decide_all("v-1")
     assert expected == kept.decide_all("v-1")
+
+
+def test_experiment_flags_hold_every_varying_experiment_exposure() -> None:
+    """Each varying decision that is an experiment exposure is of a flag in
+    ``experiment_flags``, and each of those flags is one with an experiment rule."""
+    named = set(GENERATED.experiment_flags())
+    with_experiments = {
+        key
+        for key in GENERATED.flag_keys
+        if any(rule.type == "experiment" for rule in GENERATED.flag(key).rules["production"])
+    }
+    exposed = {
+        decision.flag
+        for number in range(300)
+        for decision in GENERATED.decide_varying(f"v{number}", FRENCH_PHONE).values()
+        if decision.rule_type == "experiment"
+    }
+    assert exposed  # the generated rules run experiments, or this checks nothing
+    assert exposed <= named
+    assert named == with_experiments - set(GENERATED.constant_decisions())
