@@ -17,10 +17,11 @@ __all__ = ["SLICE_SECONDS", "give_way"]
 
 #: The longest a slice holds the event loop. A request that arrives during a slice waits for
 #: what is left of it. At 5,000 requests/s, each a new visitor whose exposure is recorded,
-#: side by side on the benchmark machine: p99 4.1-4.9 ms with 2 ms slices, 3.7-4.0 ms with
-#: 1 ms ones, which cost the pipeline's top throughput 1-6 %. Half a millisecond changed
-#: nothing measurable.
-SLICE_SECONDS = 0.001
+#: side by side on the benchmark machine, three rounds each: p99 3.7-4.2 ms with 1 ms
+#: slices, 2.2-3.9 ms with quarter-millisecond ones (once the collector's pauses were cut:
+#: before, 2 ms against 1 ms slices gave 4.1-4.9 against 3.7-4.0 ms). A slice is one more
+#: turn of the loop, a few microseconds, against about a quarter of a millisecond of work.
+SLICE_SECONDS = 0.00025
 
 
 async def give_way() -> None:

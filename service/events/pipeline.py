@@ -151,7 +151,7 @@ class Pipeline:
         """Hand ``items`` (``events`` events) to the flusher, behind what it is building
         (and, with a screen, behind what it is screening). The queue calls this when it is
         full: when the backlog is then over its limit too, this request builds one slice of
-        it itself (about a millisecond), and so slows to the pipeline's pace; items the
+        it itself (``SLICE_SECONDS``), and so slows to the pipeline's pace; items the
         flusher has not screened by then are screened here, without I/O."""
         if self.screen is None:
             self._to_backlog(items, events)
