@@ -30,7 +30,14 @@ from prometheus_client import CollectorRegistry
 from rules.steps import Steps
 from service.events.delivery import SinkWorker
 from service.events.queue import EventQueue, Recorder
-from service.events.records import Batch, Item, batch_steps, events_in, take_batch
+from service.events.records import (
+    AttributeCache,
+    Batch,
+    Item,
+    batch_steps,
+    events_in,
+    take_batch,
+)
 from service.events.sessions import Sessions
 from service.events.sinks import Sink
 from service.events.spool import WORKER_PREFIX, Spool, SpoolLock, adopt_spools
@@ -103,6 +110,7 @@ class Pipeline:
         #: The batch being built in slices, if any (the flusher's or an overloaded request's).
         self._building: Steps[Batch] | None = None
         self._building_events = 0
+        self._attributes = AttributeCache()
 
     async def start(self) -> None:
         """Lock the spool directory (``SpoolLocked`` if another process has it), open the
@@ -197,7 +205,8 @@ class Pipeline:
         }
 
     def _steps(self, items: list[Item]) -> Steps[Batch]:
-        return batch_steps(items, int(time.time() * 1000), self.sessions.prefix)
+        milliseconds = int(time.time() * 1000)
+        return batch_steps(items, milliseconds, self.sessions.prefix, self._attributes)
 
     def _submit(self, batch: Batch) -> None:
         if batch.unwritable:

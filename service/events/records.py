@@ -222,23 +222,65 @@ def take_batch(backlog: deque[Item], size: int) -> tuple[list[Item], int]:
     return items, size - room
 
 
-def batch_of(items: list[Item], process_ms: int, session_prefix: str) -> Batch:
+#: Distinct contexts whose attributes' JSON ``AttributeCache`` keeps.
+KNOWN_CONTEXTS = 4096
+
+
+class AttributeCache:
+    """The JSON of the attributes of contexts seen lately, by the context's JSON: visitors of
+    one kind send the same attributes, batch after batch. Emptied when full, so it costs a
+    lookup and never grows; for contexts that never repeat it only costs that lookup."""
+
+    __slots__ = ("known",)
+
+    def __init__(self) -> None:
+        self.known: dict[bytes, bytes] = {}
+
+    def part(self, context: Mapping[str, Any] | bytes) -> orjson.Fragment:
+        """The JSON of a queued context's attributes (``context`` as queued: nested ones as
+        their JSON)."""
+        try:
+            key = context if isinstance(context, bytes) else orjson.dumps(context)
+        except orjson.JSONEncodeError:  # not JSON as it is: made, not kept
+            return _fragment(attribute_list(cast(Mapping[str, Any], context)))
+        part = self.known.get(key)
+        if part is None:
+            decoded = orjson.loads(key) if isinstance(context, bytes) else context
+            part = _attributes_json(attribute_list(decoded))
+            if len(self.known) >= KNOWN_CONTEXTS:
+                self.known.clear()
+            self.known[key] = part
+        return orjson.Fragment(part)
+
+
+def batch_of(
+    items: list[Item],
+    process_ms: int,
+    session_prefix: str,
+    attributes: AttributeCache | None = None,
+) -> Batch:
     """The batch of queued items, built at once."""
-    return finish(batch_steps(items, process_ms, session_prefix))
+    return finish(batch_steps(items, process_ms, session_prefix, attributes))
 
 
-def batch_steps(items: list[Item], process_ms: int, session_prefix: str) -> Steps[Batch]:
+def batch_steps(
+    items: list[Item],
+    process_ms: int,
+    session_prefix: str,
+    attributes: AttributeCache | None = None,
+) -> Steps[Batch]:
     """The batch of queued items, in the order they were queued (the order events happened
     in), in steps of about ``STEP_ROWS`` rows: each exposure becomes decision rows, each
     record built by a handler one line.
 
     The JSON of each decision's part (ids, keys) is made once per batch from its outcome
     text and shared by every row with that outcome; the JSON of the attributes likewise,
-    once per distinct context (visitors of one kind send the same ones)."""
+    once per distinct context (visitors of one kind send the same ones), kept in
+    ``attributes`` from batch to batch when given."""
     prefix, row = uuid_prefix(process_ms), 0  # row: the number the next uuid ends with
     pause_at = STEP_ROWS
     decision_parts: dict[str, str] = {}
-    attribute_parts: dict[bytes, orjson.Fragment] = {}
+    attributes_of = (AttributeCache() if attributes is None else attributes).part
     lines: list[str] = []
     kinds: list[str] = []
     unwritable = 0
@@ -254,7 +296,7 @@ def batch_steps(items: list[Item], process_ms: int, session_prefix: str) -> Step
                 continue
             seconds, visitor, number, exposed, context, user_agent, referer, revision = item
             outcomes = exposed if isinstance(exposed, tuple) else (exposed,)
-            attributes = _attributes_part(context, attribute_parts)
+            attribute_part = attributes_of(context)
             if row + len(outcomes) > ROWS_PER_PREFIX:
                 prefix, row = uuid_prefix(process_ms), 0
             shared = {  # what the request's rows have in common, serialized once
@@ -262,7 +304,7 @@ def batch_steps(items: list[Item], process_ms: int, session_prefix: str) -> Step
                 "process_timestamp": process_ms,
                 "session_id": f"{session_prefix}-{number:x}",
                 "visitor_id": visitor,
-                "attributes": attributes,
+                "attributes": attribute_part,
                 "user_agent": user_agent,
                 "referer": referer,
                 "revision": revision,
@@ -287,28 +329,16 @@ def batch_steps(items: list[Item], process_ms: int, session_prefix: str) -> Step
     return Batch(tuple(lines), tuple(kinds), unwritable)
 
 
-def _attributes_part(
-    context: Mapping[str, Any] | bytes, known: dict[bytes, orjson.Fragment]
-) -> orjson.Fragment:
-    """The JSON of a queued context's attributes, from ``known`` if it was made before: its
-    key is the context's JSON (as queued when nested)."""
+def _attributes_json(value: list[dict[str, str]]) -> bytes:
     try:
-        key = context if isinstance(context, bytes) else orjson.dumps(context)
-    except orjson.JSONEncodeError:  # not JSON as it is: made, not kept
-        return _fragment(attribute_list(cast(Mapping[str, Any], context)))
-    part = known.get(key)
-    if part is None:
-        decoded = orjson.loads(key) if isinstance(context, bytes) else context
-        part = known[key] = _fragment(attribute_list(decoded))
-    return part
-
-
-def _fragment(value: Any) -> orjson.Fragment:
-    """Value as JSON, embedded as it is wherever orjson serializes it next."""
-    try:
-        return orjson.Fragment(orjson.dumps(value))
+        return orjson.dumps(value)
     except orjson.JSONEncodeError:  # text orjson refuses (lone surrogates): the slow way
-        return orjson.Fragment(_dumps(value))
+        return _dumps(value).encode()
+
+
+def _fragment(value: list[dict[str, str]]) -> orjson.Fragment:
+    """Attributes as JSON, embedded as they are wherever orjson serializes them next."""
+    return orjson.Fragment(_attributes_json(value))
 
 
 def _decision_part(outcome: str) -> dict[str, Any]:

@@ -12,6 +12,8 @@ import rules
 from service.events import records
 from service.events.records import (
     CLIENT_VERSION,
+    KNOWN_CONTEXTS,
+    AttributeCache,
     Batch,
     Item,
     attribution,
@@ -116,6 +118,30 @@ def test_each_row_has_its_own_requests_attributes_whether_queued_as_json_or_not(
         ["free"],
     ]
     assert expected == values
+
+
+def test_attributes_kept_from_batch_to_batch_are_those_of_each_row() -> None:
+    """A cache shared by batches gives every row its own context's attributes, as a batch
+    built alone does, and stays within its bound however many contexts pass."""
+    decision = ruled("visitor-5")[0]
+    cache = AttributeCache()
+    for first in (0, 1, KNOWN_CONTEXTS - 2):  # the second batch meets two known contexts
+        contexts: list[Any] = [
+            *(b'{"geo":{"country":"C%d"}}' % n for n in range(first, first + 3)),
+            *({"plan": f"p{n}", "age": n} for n in range(first, first + 3)),
+            {"text": "lone \udcff surrogate"},  # not JSON as it is: scrubbed, never kept
+        ]
+        items: list[Item] = [
+            (1.0, f"v{n}", n, decision.outcome, context, None, None, "r")
+            for n, context in enumerate(contexts)
+        ]
+        alone = batch_of(items, 0, "p").records()
+        shared = batch_of(items, 0, "p", cache).records()
+        assert [row["attributes"] for row in alone] == [row["attributes"] for row in shared]
+        assert len(cache.known) <= KNOWN_CONTEXTS
+    for n in range(KNOWN_CONTEXTS + 10):
+        cache.part({"n": n})
+    assert len(cache.known) <= KNOWN_CONTEXTS
 
 
 def test_undecodable_header_bytes_become_replacement_characters() -> None:
