@@ -222,7 +222,7 @@ class Serving:
                     noted=(*constants, *experiments),
                 )
             parts = members(snapshot, decisions)
-            if constant:  # not first or last: those get the head and tail (_decide_response)
+            if constant:  # not first or last: those are copied again for the head and tail
                 parts.insert(1, constant)
             return decide_body(query, ruleset.revision, parts, errors)
         else:
