@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
+from itertools import chain
 from typing import Final, cast
 
 import orjson
@@ -63,21 +64,20 @@ class RecentExposures:
     def note(self, visitor: str, decisions: Iterable[Decision]) -> None:
         """Keep the experiment exposures among ``decisions`` (tracked ones: callers check)."""
         now = time.time()
-        for decision in decisions:
-            if decision.rule_type != "experiment":
-                continue
-            noted = assignment(decision, now)
-            local = self.local
-            kept = local.get(visitor)
-            if kept is None:
-                local[visitor] = noted
-                if len(local) > LIMIT:
-                    local.popitem(last=False)
-            else:  # a visitor decided again and again keeps the newest
-                local[visitor] = (*kept[NOTE - NOTE * KEPT :], *noted)
-                local.move_to_end(visitor)  # the oldest notes stay first, for sweep()
-            if self.store is not None:
-                self.pending.append((visitor, noted))
+        noted = [assignment(d, now) for d in decisions if d.rule_type == "experiment"]
+        if not noted:
+            return
+        local = self.local
+        kept = local.get(visitor, ())
+        # The visitor's tuple is made once per request, however many experiments it ran, and
+        # keeps the newest notes of a visitor decided again and again.
+        local[visitor] = (*kept, *chain.from_iterable(noted))[-NOTE * KEPT :]
+        if kept:
+            local.move_to_end(visitor)  # the oldest notes stay first, for sweep()
+        elif len(local) > LIMIT:
+            local.popitem(last=False)
+        if self.store is not None:
+            self.pending += ((visitor, note) for note in noted)
 
     async def assignments(self, visitor: str) -> list[Assignment]:
         """The visitor's experiment exposures of the last ``WINDOW`` seconds, oldest first,
