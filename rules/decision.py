@@ -43,6 +43,10 @@ class Decision:
     string comparison (the service records an exposure once per visitor session by it). It
     is text, not a tuple, so that whatever keeps it holds no object the garbage collector
     has to track.
+
+    ``fingerprint`` is the outcome followed by the reason: within one ruleset, decisions
+    with equal fingerprints are equal, so a caller can keep what it derives from a decision
+    under it (a text's hash is kept with it: cheaper to look up than the decision's ``id``).
     """
 
     flag: str
@@ -57,12 +61,14 @@ class Decision:
     reason: Reason
     flag_id: int | None = None
     outcome: str = field(init=False, repr=False, compare=False)
+    fingerprint: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         keys = (self.flag, self.rule, self.variation)
         ids = (self.flag_id, self.experiment_id, self.variation_id)
         outcome = "[" + ",".join(map(_json, (*keys, *ids, self.rule_type))) + "]"
         object.__setattr__(self, "outcome", outcome)
+        object.__setattr__(self, "fingerprint", outcome + self.reason.value)
 
     def as_dict(self) -> dict[str, Any]:
         """The decision as plain JSON-ready data."""

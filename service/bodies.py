@@ -24,7 +24,7 @@ JSON = "application/json"
 
 def encoded(snapshot: Snapshot, decision: rules.Decision) -> bytes:
     """The decision as JSON bytes, serialized once per snapshot."""
-    key = id(decision)  # stable: every decision lives as long as its compiled ruleset
+    key = decision.fingerprint
     data = snapshot.encoded.get(key)
     if data is None:
         data = snapshot.encoded[key] = orjson.dumps(decision.as_dict())
@@ -39,14 +39,14 @@ def members(snapshot: Snapshot, decisions: dict[str, rules.Decision]) -> list[by
     copies, which is a tenth of the work of a ``/v1/decide`` over 350 flags."""
     cache = snapshot.members
     try:  # (a comprehension: a tenth faster here than map over cache.__getitem__)
-        return [cache[id(decision)] for decision in decisions.values()]
+        return [cache[decision.fingerprint] for decision in decisions.values()]
     except KeyError:  # some not built yet: build them, once
         for decision in decisions.values():
-            if id(decision) not in cache:  # keys are JSON-safe (the format's key pattern)
-                cache[id(decision)] = (
+            if decision.fingerprint not in cache:  # keys are JSON-safe (the key pattern)
+                cache[decision.fingerprint] = (
                     b'"' + decision.flag.encode() + b'":' + encoded(snapshot, decision) + b","
                 )
-        return [cache[id(decision)] for decision in decisions.values()]
+        return [cache[decision.fingerprint] for decision in decisions.values()]
 
 
 def decide_body(

@@ -462,3 +462,17 @@ def test_experiment_flags_hold_every_varying_experiment_exposure() -> None:
     assert exposed  # the generated rules run experiments, or this checks nothing
     assert exposed <= named
     assert named == with_experiments - set(GENERATED.constant_decisions())
+
+
+def test_decisions_share_a_fingerprint_exactly_when_they_are_equal(demo: rules.Ruleset) -> None:
+    """Within one ruleset, across environments, visitors and contexts, two decisions have the
+    same fingerprint if and only if they are equal (callers key cached JSON by it)."""
+    for ruleset in (demo, GENERATED):
+        by_print: dict[str, rules.Decision] = {}
+        for environment in ruleset.environments:
+            for number in range(200):
+                for context in (FRENCH_PHONE, STAFF, {}):
+                    decided = ruleset.decide_all(f"v{number}", context, environment)
+                    for decision in decided.values():
+                        assert by_print.setdefault(decision.fingerprint, decision) == decision
+        assert len(by_print) == len({repr(decision) for decision in by_print.values()})
