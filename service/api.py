@@ -9,7 +9,8 @@ on the application per request costs more than a decision does.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -207,20 +208,12 @@ class Serving:
             self.metrics.count_decisions(decisions.values())
             if query.track:
                 constants = constant_exposures(snapshot, environment, query.active_only)
-                # Only flags with an experiment rule can be noted for the tracking code:
-                # looking at those alone spares a look at every decision.
-                experiments = [
-                    decisions[key]
-                    for key in ruleset.experiment_flags(environment)
-                    if key in decisions
-                ]
-                self._expose_all(
-                    request,
-                    query,
-                    (*constants, *decisions.values()) if self.recorder is not None else (),
-                    ruleset.revision,
-                    noted=(*constants, *experiments),
-                )
+                exposed = chain(constants, decisions.values())  # (read only if recording)
+                self._record_all(request, query, exposed, ruleset.revision)
+                if self.recent is not None:  # only flags with an experiment rule can be noted
+                    experiments = ruleset.experiment_flags(environment)
+                    noted = [decisions[key] for key in experiments if key in decisions]
+                    self.recent.note(query.visitor_code, (*constants, *noted))
             parts = members(snapshot, decisions)
             if constant:  # not first or last: those are copied again for the head and tail
                 parts.insert(1, constant)
@@ -245,10 +238,21 @@ class Serving:
         query: DecisionQuery,
         decisions: Collection[rules.Decision],
         revision: str,
-        noted: Collection[rules.Decision] | None = None,
     ) -> None:
         """Record a tracked request's exposures, and note its experiments for the tracking
-        code (those among ``noted``, when the caller narrowed them down, else ``decisions``)."""
+        code."""
+        self._record_all(request, query, decisions, revision)
+        if self.recent is not None:
+            self.recent.note(query.visitor_code, decisions)
+
+    def _record_all(
+        self,
+        request: web.BaseRequest,
+        query: DecisionQuery,
+        decisions: Iterable[rules.Decision],
+        revision: str,
+    ) -> None:
+        """Record a tracked request's exposures (when events are on)."""
         if self.recorder is not None:
             self.recorder.expose_all(
                 query.visitor_code,
@@ -258,5 +262,3 @@ class Serving:
                 request.headers.get(REFERER),
                 revision,
             )
-        if self.recent is not None:
-            self.recent.note(query.visitor_code, decisions if noted is None else noted)

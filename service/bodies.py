@@ -32,11 +32,7 @@ def encoded(snapshot: Snapshot, decision: rules.Decision) -> bytes:
 
 
 def members(snapshot: Snapshot, decisions: dict[str, rules.Decision]) -> list[bytes]:
-    """The ``"key":{decision},`` members of ``decisions``, each built once per snapshot.
-
-    Each ends with the comma that follows it in an object (``decide_body`` takes the last
-    one off): joined with no separator, an answer over hundreds of flags is half as many
-    copies, which is a tenth of the work of a ``/v1/decide`` over 350 flags."""
+    """The ``"key":{decision}`` members of ``decisions``, each built once per snapshot."""
     cache = snapshot.members
     try:  # (a comprehension: a tenth faster here than map over cache.__getitem__)
         return [cache[decision.fingerprint] for decision in decisions.values()]
@@ -44,7 +40,7 @@ def members(snapshot: Snapshot, decisions: dict[str, rules.Decision]) -> list[by
         for decision in decisions.values():
             if decision.fingerprint not in cache:  # keys are JSON-safe (the key pattern)
                 cache[decision.fingerprint] = (
-                    b'"' + decision.flag.encode() + b'":' + encoded(snapshot, decision) + b","
+                    b'"' + decision.flag.encode() + b'":' + encoded(snapshot, decision)
                 )
         return [cache[decision.fingerprint] for decision in decisions.values()]
 
@@ -52,9 +48,9 @@ def members(snapshot: Snapshot, decisions: dict[str, rules.Decision]) -> list[by
 def decide_body(
     query: DecisionQuery, revision: str, parts: list[bytes], errors: dict[str, Any]
 ) -> web.Response:
-    """The body from ``"flag":{decision},`` members (``parts``, each one or more of them,
-    each ending with a comma), copied once: a body over hundreds of flags is tens of KiB,
-    and every ``+`` or join of the whole would copy all of it again."""
+    """The body from ``"flag":{decision}`` members (``parts``, each one or more of them),
+    copied once: a body over hundreds of flags is tens of KiB, and every ``+`` or join
+    of the whole would copy all of it again."""
     head = orjson.dumps({"visitor_code": query.visitor_code, "revision": revision})
     head = head[:-1] + b',"decisions":{'
     tail = b'},"errors":' + orjson.dumps(errors) + b"}" if errors else b"}}"
@@ -62,8 +58,8 @@ def decide_body(
         body = head + tail
     else:  # the head and tail join the first and last parts, which are small
         parts[0] = head + parts[0]
-        parts[-1] = parts[-1][:-1] + tail  # without its comma
-        body = b"".join(parts)
+        parts[-1] = parts[-1] + tail
+        body = b",".join(parts)
     return web.Response(body=body, content_type=JSON)
 
 
@@ -81,7 +77,7 @@ def constant_part(
             if decision.active or not active_only
         }
         reasons = Counter(str(decision.reason) for decision in constants.values())
-        part = (b"".join(members(snapshot, constants)), reasons)
+        part = (b",".join(members(snapshot, constants)), reasons)
         snapshot.constant_parts[key] = part
     return part
 

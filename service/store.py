@@ -37,7 +37,7 @@ class Snapshot:
     origin: str  # "source" or "cache"
     #: Serialized decisions, by ``Decision.fingerprint``; lives with the ruleset.
     encoded: dict[str, bytes] = field(default_factory=dict, compare=False)
-    #: The same as ``"flag":{decision},`` object members, for responses over many flags.
+    #: The same as ``"flag":{decision}`` object members, for responses over many flags.
     members: dict[str, bytes] = field(default_factory=dict, compare=False)
     #: Per (environment, active_only): the constant decisions' members and reason counts.
     constant_parts: dict[tuple[str | None, bool], tuple[bytes, Counter[str]]] = field(
