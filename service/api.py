@@ -140,7 +140,7 @@ class Serving:
                 snapshot.ruleset.revision,
             )
         if query.track and decision.rule_type == "experiment" and self.recent is not None:
-            self.recent.note(query.visitor_code, (decision,))
+            self.recent.note_one(query.visitor_code, decision)
         return web.Response(body=encoded(snapshot, decision), content_type=JSON)
 
     async def _decision(
@@ -169,7 +169,7 @@ class Serving:
                 ruleset.revision,
             )
         if query.track and decision.rule_type == "experiment" and self.recent is not None:
-            self.recent.note(query.visitor_code, (decision,))
+            self.recent.note_one(query.visitor_code, decision)
         return decision
 
     async def is_active(self, request: web.BaseRequest, flag: str) -> web.Response:

@@ -126,7 +126,7 @@ class Ofrep:
                 ruleset.revision,
             )
         if decision.rule_type == "experiment" and self.serving.recent is not None:
-            self.serving.recent.note(visitor, (decision,))
+            self.serving.recent.note_one(visitor, decision)
         return json_response(_success(decision, ruleset.revision))
 
     async def evaluate_all(self, request: web.BaseRequest) -> web.Response:

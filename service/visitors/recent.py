@@ -79,6 +79,22 @@ class RecentExposures:
         if self.store is not None:
             self.pending += ((visitor, note) for note in noted)
 
+    def note_one(self, visitor: str, decision: Decision) -> None:
+        """``note`` for the one decision of a single-flag route, an experiment's (callers
+        check): 1 µs instead of 3, on the route a new visitor asks most."""
+        noted = assignment(decision, time.time())
+        local = self.local
+        kept = local.get(visitor)
+        if kept is None:
+            local[visitor] = noted
+            if len(local) > LIMIT:
+                local.popitem(last=False)
+        else:
+            local[visitor] = (*kept[-NOTE * (KEPT - 1) :], *noted)
+            local.move_to_end(visitor)
+        if self.store is not None:
+            self.pending.append((visitor, noted))
+
     async def assignments(self, visitor: str) -> list[Assignment]:
         """The visitor's experiment exposures of the last ``WINDOW`` seconds, oldest first,
         from this process and (with a shared store) every other."""

@@ -72,3 +72,25 @@ def test_notes_leave_the_garbage_collector_nothing_to_walk() -> None:
     recent.note("twice", [decision])
     gc.collect()
     assert [False, False] == [gc.is_tracked(notes) for notes in recent.local.values()]
+
+
+def test_noting_one_decision_keeps_what_noting_it_among_others_keeps() -> None:
+    """``note_one`` leaves a visitor's notes as ``note`` does, for a new visitor, a returning
+    one and one past the ``KEPT`` bound, and queues the same notes for a shared store."""
+    decision = _experiment_decision()
+    one, many = RecentExposures(None), RecentExposures(None)
+    one.store = many.store = object()  # type: ignore[assignment]  # only pending is read here
+    for number in range(KEPT + 3):
+        for visitor in ("steady", f"new-{number}"):
+            one.note_one(visitor, decision)
+            many.note(visitor, (decision,))
+
+    def times_dropped(notes: tuple[float | int | str, ...]) -> list[float | int | str]:
+        return [value for index, value in enumerate(notes) if index % NOTE]
+
+    assert list(many.local) == list(one.local)
+    assert [times_dropped(notes) for notes in many.local.values()] == [
+        times_dropped(notes) for notes in one.local.values()
+    ]
+    assert KEPT * NOTE == len(one.local["steady"])
+    assert [(v, n[1:]) for v, n in many.pending] == [(v, n[1:]) for v, n in one.pending]
