@@ -161,12 +161,15 @@ def read_decision(body: Mapping[str, Any], limits: Limits, *, many: bool = False
     )
 
 
+_QUERY_FIELDS = frozenset({"visitor_code", "environment", "track"})
+
+
 def read_query(request: web.BaseRequest) -> DecisionQuery:
     """A decision request from query parameters (GET)."""
     query: Mapping[str, str] | None = query_values(request.raw_path)
     if query is None:
         query = request.query
-    refuse_unknown(query, frozenset({"visitor_code", "environment", "track"}))
+    refuse_unknown(query, _QUERY_FIELDS)
     track = query.get("track", "true").lower()
     if track not in ("true", "false"):
         raise invalid("track must be true or false", field="track")

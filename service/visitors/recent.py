@@ -65,35 +65,30 @@ class RecentExposures:
         """Keep the experiment exposures among ``decisions`` (tracked ones: callers check)."""
         now = time.time()
         noted = [assignment(d, now) for d in decisions if d.rule_type == "experiment"]
-        if not noted:
-            return
-        local = self.local
-        kept = local.get(visitor, ())
-        # The visitor's tuple is made once per request, however many experiments it ran, and
-        # keeps the newest notes of a visitor decided again and again.
-        local[visitor] = (*kept, *chain.from_iterable(noted))[-NOTE * KEPT :]
-        if kept:
-            local.move_to_end(visitor)  # the oldest notes stay first, for sweep()
-        elif len(local) > LIMIT:
-            local.popitem(last=False)
-        if self.store is not None:
-            self.pending += ((visitor, note) for note in noted)
+        if noted:  # joined once per request, however many experiments it ran
+            self._keep(visitor, tuple(chain.from_iterable(noted)), noted)
 
     def note_one(self, visitor: str, decision: Decision) -> None:
         """``note`` for the one decision of a single-flag route, an experiment's (callers
         check): 1 µs instead of 3, on the route a new visitor asks most."""
         noted = assignment(decision, time.time())
+        self._keep(visitor, noted, (noted,))
+
+    def _keep(
+        self, visitor: str, values: tuple[float | int | str, ...], noted: Iterable[Assignment]
+    ) -> None:
+        """Add ``values`` (the flat ``noted``) to the visitor's notes, keeping the newest."""
         local = self.local
         kept = local.get(visitor)
         if kept is None:
-            local[visitor] = noted
+            local[visitor] = values[-NOTE * KEPT :]
             if len(local) > LIMIT:
                 local.popitem(last=False)
         else:
-            local[visitor] = (*kept[-NOTE * (KEPT - 1) :], *noted)
-            local.move_to_end(visitor)
+            local[visitor] = (*kept, *values)[-NOTE * KEPT :]
+            local.move_to_end(visitor)  # the oldest notes stay first, for sweep()
         if self.store is not None:
-            self.pending.append((visitor, noted))
+            self.pending += ((visitor, note) for note in noted)
 
     async def assignments(self, visitor: str) -> list[Assignment]:
         """The visitor's experiment exposures of the last ``WINDOW`` seconds, oldest first,
