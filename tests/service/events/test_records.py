@@ -214,6 +214,16 @@ def test_a_batch_past_one_prefix_of_rows_still_has_distinct_uuids(
     assert 20 == len(set(new_uuids(20)))
 
 
+def test_rows_past_the_numbered_suffixes_still_count_up() -> None:
+    """A batch with more rows than ``ROW_SUFFIXES`` numbers each row in order all the same."""
+    outcome = ruled("visitor-9")[0].outcome
+    count = len(records.ROW_SUFFIXES) + 3
+    items: list[Item] = [(1.0, f"v-{n}", n, outcome, {}, None, None, "r") for n in range(count)]
+    uuids = [row["uuid"] for row in batch_of(items, 0, "p").records()]
+    assert list(range(count)) == [int(text[-5:], 16) for text in uuids]
+    assert 1 == len({text[:-5] for text in uuids})
+
+
 def test_attribution_lists_the_sessions_outcomes_with_their_ids() -> None:
     """A conversion's experiments come from the outcomes its session holds."""
     decisions = ruled("visitor-4")
