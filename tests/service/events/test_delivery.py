@@ -460,9 +460,9 @@ async def test_the_file_sink_touches_the_disk_off_the_event_loop(tmp_path: Path)
     threads: list[str] = []
     write = sink._write
 
-    def watched(data: bytes) -> None:
+    def watched(lines: tuple[str, ...]) -> None:
         threads.append(threading.current_thread().name)
-        write(data)
+        write(lines)
 
     sink._write = watched  # type: ignore[method-assign]
     await sink.open()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from service.events import sinks
 from service.events.records import Batch
 from service.events.sinks import FileSink, HttpSink, close_orphans, parse_sink, tracker_payloads
 
@@ -75,6 +76,39 @@ async def test_a_file_is_open_while_written_and_closed_whole_after() -> None:
     assert [[".jsonl", ".open"]] == while_open
     assert [[".jsonl"]] == closed
     assert '{"kind":"conversion","n":1}\n' == text
+
+
+async def test_a_batch_written_in_pieces_is_its_json_lines_and_a_failed_one_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """A batch longer than a piece reads back as its JSON lines, in order; a write that fails
+    after its first piece leaves the file as it was, for the retry to write whole."""
+    count = sinks.PIECE_LINES * 2 + 5
+    batch = Batch.of([{"kind": "conversion", "n": n} for n in range(count)])
+    sink = FileSink(tmp_path, max_bytes=10**9)
+    await sink.open()
+    try:
+        await sink.send(batch)
+        file = sink._file
+        assert file is not None
+        real_write, calls = file.write, []
+
+        def failing_write(data: memoryview) -> int:
+            calls.append(len(data))
+            if len(calls) == 2:
+                raise OSError(28, "No space left on device")
+            return real_write(data)
+
+        file.write = failing_write  # type: ignore[method-assign, assignment]
+        with pytest.raises(sinks.DeliveryError):
+            await sink.send(batch)
+        file.write = real_write  # type: ignore[method-assign]
+        await sink.send(Batch.of([{"kind": "conversion", "n": "last"}]))
+    finally:
+        await sink.close()
+    [written] = list(tmp_path.iterdir())
+    expected = batch.json_lines() + b'{"kind":"conversion","n":"last"}\n'
+    assert expected == written.read_bytes()
 
 
 async def test_an_idle_file_is_closed_once_it_is_old() -> None:
