@@ -176,14 +176,6 @@ def _dumps(value: Any) -> str:
         return orjson.dumps(_scrubbed(value), default=str).decode()
 
 
-def _json_text(value: str | None) -> str:
-    """The JSON of a text (scrubbed as ``_dumps`` does)."""
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:
-        return orjson.dumps(_scrubbed(value)).decode()
-
-
 def _scrubbed(value: Any) -> Any:
     if isinstance(value, str):
         return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
@@ -257,11 +249,11 @@ class AttributeCache:
         try:
             key = context if isinstance(context, bytes) else orjson.dumps(context)
         except orjson.JSONEncodeError:  # not JSON as it is: made, not kept
-            return _attributes_json(attribute_list(cast(Mapping[str, Any], context)))
+            return _dumps(attribute_list(cast(Mapping[str, Any], context)))
         part = self.known.get(key)
         if part is None:
             decoded = orjson.loads(key) if isinstance(context, bytes) else context
-            part = _attributes_json(attribute_list(decoded))
+            part = _dumps(attribute_list(decoded))
             if len(self.known) >= KNOWN_CONTEXTS:
                 self.known.popitem(last=False)
             self.known[key] = part
@@ -295,7 +287,8 @@ def batch_steps(
     prefix, row = uuid_prefix(process_ms), 0  # row: the number the next uuid ends with
     pause_at = STEP_ROWS
     decision_parts: dict[str, str] = {}
-    texts: dict[str | None, str] = {None: "null"}  # the JSON of header values and revisions
+    #: The JSON of a request's user agent, referer and revision, which repeat across requests.
+    header_parts: dict[tuple[str | None, str | None, str], str] = {}
     # What follows a row's timestamp, the same for the whole batch, up to its session number.
     session_head = f',"process_timestamp":{process_ms},"session_id":"{session_prefix}-'
     attributes_of = (AttributeCache() if attributes is None else attributes).part
@@ -317,14 +310,16 @@ def batch_steps(
             if row + len(outcomes) > ROWS_PER_PREFIX:
                 prefix, row = uuid_prefix(process_ms), 0
             # What the request's rows have in common, as JSON text pasted together: cheaper
-            # than a dict serialized per request. Header texts repeat, so theirs is kept.
-            agent = texts.get(user_agent) or texts.setdefault(user_agent, _json_text(user_agent))
-            source = texts.get(referer) or texts.setdefault(referer, _json_text(referer))
-            release = texts.get(revision) or texts.setdefault(revision, _json_text(revision))
+            # than a dict serialized per request.
+            headers = header_parts.get((user_agent, referer, revision))
+            if headers is None:
+                headers = header_parts[user_agent, referer, revision] = (
+                    f'"user_agent":{_dumps(user_agent)},"referer":{_dumps(referer)},'
+                    f'"revision":{_dumps(revision)}'
+                )
             request = (
                 f'"timestamp":{int(seconds * 1000)}{session_head}{number:x}",'
-                f'"visitor_id":{_json_text(visitor)},"attributes":{attributes_of(context)},'
-                f'"user_agent":{agent},"referer":{source},"revision":{release}'
+                f'"visitor_id":{_dumps(visitor)},"attributes":{attributes_of(context)},{headers}'
             )
             for outcome in outcomes:
                 part = decision_parts.get(outcome)
@@ -344,10 +339,6 @@ def batch_steps(
             unwritable += events_in(item)
             log.exception("events_unwritable", events=events_in(item))
     return Batch(tuple(lines), tuple(kinds), unwritable)
-
-
-def _attributes_json(value: list[dict[str, str]]) -> str:
-    return _dumps(value)  # (text orjson refuses, lone surrogates, is scrubbed)
 
 
 def _decision_part(outcome: str) -> dict[str, Any]:
